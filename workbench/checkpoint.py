@@ -1,0 +1,113 @@
+"""Checkpoints and run records: atomic writes, strict loads, config/versions/git commit beside them."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import platform
+import subprocess
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from workbench.paths import REPO_ROOT
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, or does not match the model."""
+
+
+def atomic_write_bytes(path: Path, write_fn) -> None:
+    """Write through a temp file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    path = Path(path)
+    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; train one with `python -m workbench train` "
+                              f"or pass the path printed at the end of a run")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({type(e).__name__}: "
+                              f"{e}); re-run training with --resume from an intact checkpoint") from e
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not a workbench checkpoint (no 'model' entry)")
+    return state
+
+
+def load_state_strict(module: torch.nn.Module, state_dict: dict, what: str = "model") -> None:
+    """load_state_dict(strict=True) with an error that lists what does not match."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shape = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+             for k, v in own.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if shape:
+            parts.append(f"{len(shape)} shape mismatches (e.g. {'; '.join(shape[:3])})")
+        raise CheckpointError(f"the checkpoint does not match the {what}: {'; '.join(parts)}. Build the model "
+                              f"from the checkpoint's own config (its 'config' entry / config.json)")
+    module.load_state_dict(state_dict, strict=True)
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (sha or "unknown") + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict:
+    import numpy
+    import timm
+
+    import workbench
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": numpy.__version__, "workbench": workbench.__version__,
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None, "platform": platform.platform()}
+
+
+def write_run_info(run_dir: Path, cfg_json: str) -> dict:
+    """config.json and run_info.json (versions, git commit) next to the checkpoints."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", cfg_json)
+    info = {"versions": versions(), "git_commit": git_commit()}
+    atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
+    return info

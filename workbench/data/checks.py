@@ -1,0 +1,160 @@
+"""The data checker: counts per split, condition and case, missing companion files, label values, and
+each problem with its fix, for a real dataset tree.
+
+Implements the layouts of docs/DATASETS.md through each loader's `scan` (the same cheap existence
+scan that a dataset runs when it is built), then decodes the labels to list the raw values found.
+`main` is the command line `python -m workbench data check ROOT --dataset NAME`: it prints the
+report and exits with 1 when there are problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from workbench.data.real import Problem, RealDataset, examples, loaders, read_label
+
+DEFAULT_SPLITS = {"deliver": ("train", "val", "test"), "muses": ("train", "val"), "mcubes": ("train", "val")}
+COUNTED = ("condition", "daytime", "case")  # metadata fields counted per split, where a dataset has them
+
+
+@dataclass
+class SplitReport:
+    split: str
+    samples: int  # listed from the anchor folder (or list file)
+    complete: int  # with every companion file
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # meta field -> value -> samples
+    missing: dict[str, list[str]] = field(default_factory=dict)  # key -> missing files, root-relative
+    label_values: list[int] = field(default_factory=list)  # raw values in the labels read
+    labels_read: int = 0
+
+
+@dataclass
+class DataReport:
+    dataset: str
+    root: str
+    modalities: tuple[str, ...]
+    splits: dict[str, SplitReport] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        lines = [f"{self.dataset} at {self.root} (modalities: {', '.join(self.modalities)})"]
+        for s in self.splits.values():
+            lines.append(f"  {s.split}: {s.samples} samples, {s.complete} complete")
+            for key, counts in s.counts.items():
+                lines.append(f"    {key}: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items())))
+            for key, names in s.missing.items():
+                lines.append(f"    missing {key} ({len(names)}): {examples(names, 10)}")
+            if s.labels_read:
+                lines.append(f"    raw label values ({s.labels_read} labels read): "
+                             + ", ".join(map(str, s.label_values)))
+        if self.ok:
+            lines.append("No problems found.")
+        else:
+            lines.append(f"{len(self.problems)} problem(s):")
+            lines += [f"  - {p}".replace("\n", "\n  ") for p in self.problems]
+        return "\n".join(lines)
+
+
+def _label_values(cls: type[RealDataset], split: str, records, max_labels: int | None,
+                  report: SplitReport, problems: list[Problem]) -> None:
+    records = [r for r in records if "label" in r.files]
+    if max_labels is not None and len(records) > max_labels:
+        step = len(records) / max_labels  # spread over the split, not its first folder
+        records = [records[int(i * step)] for i in range(max_labels)]
+    found: set[int] = set()
+    for record in records:
+        path = record.files["label"][0]
+        try:
+            found.update(read_label(path).unique().tolist())
+        except (OSError, ValueError) as e:
+            problems.append(Problem(f"cannot decode label {path} ({e})", cls.label_fix))
+            continue
+        report.labels_read += 1
+    report.label_values = sorted(found)
+    values = torch.tensor(report.label_values, dtype=torch.long)
+    bad = values[~cls.raw_label_ok(values)].tolist() if len(values) else []
+    if bad:
+        problems.append(Problem(f"{split} labels hold raw values outside the {cls.name} classes: {bad}",
+                                cls.label_fix))
+
+
+def check_dataset(root, name: str, splits=None, modalities=None, depth_source: str = "hha",
+                  max_labels: int | None = None) -> DataReport:
+    """Scan `root` as dataset `name` for each split and read its labels (at most `max_labels` per split,
+    spread evenly; None = all). Argument errors raise; everything wrong in the tree is a problem."""
+    classes = loaders()
+    if name not in classes:
+        raise KeyError(f"unknown real dataset {name!r}; valid: {', '.join(classes)}")
+    cls = classes[name]
+    modalities = tuple(modalities or cls.default_modalities or cls.all_modalities)
+    unknown = [m for m in modalities if m not in cls.all_modalities]
+    if unknown:
+        raise ValueError(f"unknown modality {unknown[0]!r} for {name}; valid: {', '.join(cls.all_modalities)}")
+    splits = tuple(splits or DEFAULT_SPLITS[name])
+    bad_splits = [s for s in splits if s not in cls.splits]
+    if bad_splits:
+        raise ValueError(f"unknown split {bad_splits[0]!r} for {name}; valid: {', '.join(cls.splits)}")
+    options = {"depth_source": depth_source} if name == "deliver" else {}
+    if name != "deliver" and depth_source != "hha":
+        raise ValueError(f"depth_source={depth_source!r} applies to DeLiVER only")
+
+    root = Path(root).expanduser()
+    report = DataReport(name, str(root), modalities)
+    if not root.is_dir():
+        report.problems.append(Problem(f"{root} is not a folder",
+                                       f"point ROOT at the folder that holds {cls.layout}"))
+        return report
+    for split in splits:
+        scan = cls.scan(root, split, modalities, **options)
+        listed = scan.listed
+        split_report = SplitReport(split, len(listed), len(scan.records), missing=scan.missing)
+        for key in COUNTED:
+            counts = Counter(r.meta[key] for r in listed if key in r.meta)
+            if counts and set(counts) != {"none"}:
+                split_report.counts[key] = dict(counts)
+        for problem in scan.problems:
+            if all(str(problem) != str(p) for p in report.problems):  # a missing folder hits every split
+                report.problems.append(problem)
+        _label_values(cls, split, scan.records, max_labels, split_report, report.problems)
+        report.splits[split] = split_report
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`workbench data check ROOT --dataset NAME [...]` (argv: the arguments after `data check`)."""
+    parser = argparse.ArgumentParser(
+        prog="workbench data check",
+        description="Check a real dataset tree against its layout (docs/DATASETS.md): counts, missing "
+                    "files, label values, and a fix for each problem. Exit status 1 when there are problems.")
+    parser.add_argument("root", help="the dataset folder (e.g. data/DELIVER)")
+    parser.add_argument("--dataset", required=True, choices=sorted(loaders()), help="the layout to check")
+    parser.add_argument("--split", dest="splits", action="append", choices=("train", "val", "test"),
+                        help="a split to check (repeatable; default: deliver train/val/test, others train/val)")
+    parser.add_argument("--modalities", nargs="+", help="modalities to check (default: the dataset's default set)")
+    parser.add_argument("--depth-source", choices=("hha", "depth"), default="hha",
+                        help="DeLiVER: the folder depth is read from")
+    parser.add_argument("--max-labels", type=int, default=None,
+                        help="decode at most N labels per split, spread evenly (default: all)")
+    args = parser.parse_args(argv)
+    try:
+        report = check_dataset(args.root, args.dataset, args.splits, args.modalities, args.depth_source,
+                               args.max_labels)
+    except (KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

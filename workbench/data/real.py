@@ -1,0 +1,198 @@
+"""The real datasets' shared machinery: file decoding, the layout scan with its problems, and `build`.
+
+Implements docs/DATASETS.md ("DeLiVER", "MUSES", "MCubeS"); the per-dataset layouts live in
+`deliver.py`, `muses.py` and `mcubes.py`. Each dataset lists its samples with a `scan` that checks
+only that folders and companion files exist (cheap: nothing is decoded), runs it when built and
+raises a `ValueError` listing every problem with its fix, so a broken tree fails at build time and
+not as a stack trace in a loader worker; `workbench.data.checks` reuses the same scan for its report.
+Modalities come out as float (C, H, W) in [0, 1] (8-bit PNG / 255, 16-bit PNG / 65535), labels as
+long (H, W) with 255 = ignore; normalization and augmentation are the `transform`'s job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+from workbench.data.base import MultiModalDataset
+from workbench.data.transforms import IGNORE_INDEX, Compose
+
+__all__ = ["build", "loaders", "RealDataset", "Record", "Scan", "Problem", "read_image", "read_label",
+           "three_channels", "IGNORE_INDEX"]
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """A PNG as float (C, H, W) in [0, 1]: 8-bit / 255, 16-bit / 65535 (torchvision keeps 16 bits;
+    PIL would truncate 16-bit colour PNGs such as MUSES' projected LiDAR to 8)."""
+    x = decode_image(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
+    return x.to(torch.float32) / (65535.0 if x.dtype == torch.uint16 else 255.0)
+
+
+def three_channels(x: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) -> (3, H, W) as the reference loaders do: RGBA keeps RGB, grey (+alpha) is repeated."""
+    if x.shape[0] >= 3:
+        return x[:3]
+    return x[:1].repeat(3, 1, 1)
+
+
+def read_label(path: Path) -> torch.Tensor:
+    """Raw label values as long (H, W): channel 0 of a colour PNG, the indices of a palette PNG."""
+    with Image.open(path) as im:
+        a = np.array(im)
+    if a.ndim == 3:
+        a = a[..., 0]
+    return torch.from_numpy(a.astype(np.int64))
+
+
+@dataclass
+class Problem:
+    """Something in the tree that stops loading, and what to do about it, in plain words."""
+
+    what: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.what}\n    fix: {self.fix}"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One sample: its files per key (modalities and "label"; MCubeS' aolp has two) and its metadata."""
+
+    files: dict[str, tuple[Path, ...]]
+    meta: dict
+
+
+@dataclass
+class Scan:
+    """What a layout scan found for one split."""
+
+    records: list[Record] = field(default_factory=list)  # samples with every requested file
+    incomplete: list[Record] = field(default_factory=list)  # samples lacking a companion file
+    missing: dict[str, list[str]] = field(default_factory=dict)  # key -> missing files (root-relative)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def listed(self) -> list[Record]:
+        return self.records + self.incomplete
+
+
+def examples(names: Sequence[str], k: int = 3) -> str:
+    shown = ", ".join(names[:k])
+    return shown + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def split_by_completeness(root: Path, split: str, listed: list[Record], keys: Sequence[str],
+                          fix: Callable[[str], str], scan: Scan) -> Scan:
+    """Check that every file of `keys` exists (one stat per file); fill `scan` and one problem per key."""
+    for record in listed:
+        complete = True
+        for key in keys:
+            for path in record.files[key]:
+                if not path.is_file():
+                    scan.missing.setdefault(key, []).append(path.relative_to(root).as_posix())
+                    complete = False
+        (scan.records if complete else scan.incomplete).append(record)
+    for key, names in scan.missing.items():
+        scan.problems.append(Problem(
+            f"{len(names)} {key} file(s) missing for {len(scan.incomplete)} of {len(listed)} {split} samples: "
+            f"{examples(names)}", fix(key)))
+    return scan
+
+
+class RealDataset(MultiModalDataset):
+    """A dataset read from a folder tree; subclasses define `scan` (layout) and `read` (decoding)."""
+
+    splits: tuple[str, ...] = ("train", "val", "test")
+    default_modalities: tuple[str, ...] = ()  # when `modalities=None`; empty = all
+    layout: str = ""  # one line for messages: where the samples are listed from
+    label_fix: str = "re-extract the label files; they must hold class ids (255 = ignore)"
+
+    def __init__(self, root, split: str = "train", modalities=None, transform: Compose | None = None,
+                 case: str | None = None, aug_seed: int = 0, **scan_options):
+        if root is None:
+            raise ValueError(f"dataset {self.name!r} needs root=: the folder that holds {self.layout} "
+                             f"(docs/DATASETS.md); set data.root in the config or pass root=")
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise ValueError(f"{self.name} root {str(root)!r} is not a folder; point root at the folder that "
+                             f"holds {self.layout}")
+        if split not in self.splits:
+            raise ValueError(f"unknown split {split!r} for {self.name}; valid splits: {', '.join(self.splits)}")
+        super().__init__(split, modalities or self.default_modalities or None, transform, aug_seed)
+        self.root, self.case = root, case
+        scan = self.scan(root, split, self.modalities, case=case, **scan_options)
+        if scan.problems:
+            listing = "\n".join(f"  - {p}".replace("\n", "\n  ") for p in scan.problems)
+            raise ValueError(
+                f"{self.name} at {root} cannot be built for split {split!r} "
+                f"(modalities {', '.join(self.modalities)}):\n{listing}\n"
+                f"The full report: python -m workbench data check {root} --dataset {self.name}")
+        self.records = scan.records
+
+    @classmethod
+    def scan(cls, root: Path, split: str, modalities: Sequence[str], case: str | None = None,
+             **options) -> Scan:
+        raise NotImplementedError
+
+    def read(self, record: Record) -> dict:
+        """Decode `self.modalities` and the label of one record (no metadata)."""
+        raise NotImplementedError
+
+    @classmethod
+    def raw_label_ok(cls, values: torch.Tensor) -> torch.Tensor:
+        """Which raw label values (before any mapping) the layout allows: classes and 255."""
+        return (values == IGNORE_INDEX) | ((values >= 0) & (values < len(cls.classes)))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, index: int) -> dict:
+        record = self.records[index]
+        try:
+            sample = self.read(record)
+        except (OSError, RuntimeError, ValueError) as e:
+            raise ValueError(f"{self.name}: cannot decode sample {record.meta['file']} ({e}); re-extract its files "
+                             f"or run `python -m workbench data check {self.root} --dataset {self.name}`") from e
+        h, w = sample["label"].shape
+        for m in self.modalities:
+            if sample[m].shape[-2:] != (h, w):
+                raise ValueError(
+                    f"{self.name}: sample {record.meta['file']} has {m} of size {tuple(sample[m].shape[-2:])} but its "
+                    f"label is {(h, w)}; every modality must be registered to the label's pixel grid "
+                    f"(re-export {m} at the camera resolution)")
+        sample["meta"] = dict(record.meta, index=index)
+        return sample
+
+
+def loaders() -> dict[str, type[RealDataset]]:
+    """Name -> dataset class (imported here: the dataset modules import this one)."""
+    from workbench.data.deliver import DeliverDataset
+    from workbench.data.mcubes import MCubeSDataset
+    from workbench.data.muses import MusesDataset
+
+    return {"deliver": DeliverDataset, "muses": MusesDataset, "mcubes": MCubeSDataset}
+
+
+def build(name: str, root, split: str, modalities=None, transform: Compose | None = None,
+          depth_source: str = "hha", case: str | None = None, aug_seed: int = 0) -> RealDataset:
+    """The real dataset `name` ("deliver", "muses", "mcubes") at `root`, checked at build time.
+
+    `depth_source` ("hha" or "depth") applies to DeLiVER only; `case` filters samples (DeLiVER: a
+    condition or sensor-failure case; MUSES: a weather, a time of day or both as "fog_night")."""
+    classes = loaders()
+    if name not in classes:
+        raise KeyError(f"unknown real dataset {name!r}; valid: {', '.join(classes)}")
+    if name == "deliver":
+        return classes[name](root, split, modalities, transform, case=case, aug_seed=aug_seed,
+                             depth_source=depth_source)
+    if depth_source != "hha":
+        raise ValueError(f"depth_source={depth_source!r} applies to DeLiVER only ({name} has no depth folder); "
+                         f"leave it at 'hha'")
+    return classes[name](root, split, modalities, transform, case=case, aug_seed=aug_seed)

@@ -1,0 +1,439 @@
+"""RobustSeg's losses: CE / OHEM, logit KD, class prototypes, CPD, IFV, ASM and Anymodal Dropout.
+
+Implements METHOD.md "Losses" and the loss equations of the paper (RobustSeg, CVPR 2026, "Loss &
+Training" and "Key Designs" 1-3):
+
+    L_origin   = L_CE + lambda L_KL                                  basic self-distillation
+    L_hp       = L_origin + alpha L_cp + beta L_ifv                  hybrid prototype distillation (HPD)
+    L_feedback = L_CE + L_ifv                                        student -> teacher step
+
+and, per sample b, modality m and stage i, with the label nearest-resized to the stage's h x w (l'):
+
+    p_c   = sum_j f_j [l'_j = c] / sum_j [l'_j = c]                  prototype (label-masked pooling)
+    L_cp  = D(p^S_{pi(m)}, g^T_m),  pi a per-sample permutation      cross-modal prototype distillation
+    CFM_j = p_{l'_j} if pixel j is labelled, else f_j                center feature map
+    M_j   = cos(f_j, CFM_j)                                          IFV map (Intra-class Feature Variation)
+    L_ifv = D(M^S_m, M^T_m) over primary modalities the student got  primary-modality IFV distillation
+    s_m   = cos(vec f_m, vec f_fused); primary = top ceil(M/2) s_m   ASM (modality selection)
+
+Conventions: features of one stage are `(B, C, h, w)`; a stack over modalities is `(B, M, C, h, w)`;
+labels are `(B, H, W)` long with `ignore_index` (255) for unlabelled pixels; a per-modality feature
+dict is `SegOutput.features` (modality -> 4 stage tensors), whose key order is the modality order
+(`modalities=` overrides it). Prototype, IFV and divergence arithmetic runs in at least float32
+with autocast off (bf16 features are upcast).
+`kd_loss`, `cpd_loss` and `ifv_loss` detach their target (the teacher side); the divergence
+primitives do not. Every function is vectorized over samples, classes and pixels; only modalities
+and stages are looped over.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from workbench.data.transforms import IGNORE_INDEX
+
+Tensor = torch.Tensor
+Features = Mapping[str, Sequence[Tensor]]  # modality -> stage tensors, e.g. SegOutput.features
+
+KD_REDUCTIONS = ("element", "pixel")
+IFV_DIVERGENCES = ("kl_spatial", "kl_width", "mse")
+PROTO_DIVERGENCES = ("kl_class", "cosine")
+PROTO_MODES = ("masked", "public")
+PAIRINGS = ("permutation", "derangement", "same")
+DROPOUT_MODES = ("sample", "batch", "none")
+ASM_STAGES = ("last", "all")
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, valid))}")
+
+
+def _no_autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _f32(x: Tensor) -> Tensor:
+    """At least float32 (bf16 / fp16 features are upcast; float64 stays float64)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+# ----------------------------------------------------------------------------------------------
+# Supervised losses
+
+def ce_loss(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """L_CE: pixel cross-entropy averaged over labelled pixels.
+
+    logits (B, K, H, W), labels (B, H, W) long -> scalar. 0 (with a graph) when no pixel is labelled,
+    where `F.cross_entropy` would return nan."""
+    loss = F.cross_entropy(_f32(logits), labels.long(), ignore_index=ignore_index, reduction="none")
+    return loss.sum() / (labels != ignore_index).sum().clamp(min=1)
+
+
+def ohem_ce_loss(logits: Tensor, labels: Tensor, thresh: float = 0.7, min_kept_frac: float = 1 / 16,
+                 ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Online hard example mining CE (DELIVER's `OhemCrossEntropy`).
+
+    Keep the pixels whose loss exceeds -log(thresh) (probability of the true class < thresh); if fewer
+    than n_min = floor(min_kept_frac * #labelled) are kept, keep the n_min largest losses instead (as
+    the reference's `topk`, over all pixels, where ignored ones have loss 0). Mean of the kept losses.
+    logits (B, K, H, W), labels (B, H, W) -> scalar. Sorting instead of a data-dependent branch keeps
+    it free of host syncs; where the reference takes the mean of an empty set (nan) this returns 0."""
+    loss = F.cross_entropy(_f32(logits), labels.long(), ignore_index=ignore_index, reduction="none").flatten()
+    n_min = ((labels != ignore_index).sum() * min_kept_frac).floor().long()
+    n_keep = torch.maximum((loss > -math.log(thresh)).sum(), n_min)
+    ranked = loss.sort(descending=True).values  # hard pixels first: they are exactly the top n_hard
+    keep = torch.arange(ranked.numel(), device=ranked.device) < n_keep
+    return (ranked * keep).sum() / n_keep.clamp(min=1)
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None = None,
+            temperature: float = 1.0, reduction: str = "element", ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """L_KL = T^2 * KL(softmax(z_T / T) || softmax(z_S / T)) over labelled pixels.
+
+    logits (B, K, H, W), labels (B, H, W) or None (every pixel counts) -> scalar; the teacher is detached.
+    `pixel`: sum over classes, mean over labelled pixels. `element`: the public code's
+    `KLDivLoss(reduction="mean")`, a mean over elements, i.e. `pixel` / K. Ignored pixels are left out
+    of both the sum and the element count (mean over N_valid * K elements), so `element` is exactly
+    `pixel` / K and, with no ignored pixel, exactly the public code's B*K*H*W mean (the public code also
+    distils ignored pixels; we do not, as the METHOD.md equation says "over valid pixels")."""
+    _choice("reduction", reduction, KD_REDUCTIONS)
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ; upsample both to the label size first")
+    t = temperature
+    log_q = F.log_softmax(_f32(student_logits) / t, dim=1)
+    log_p = F.log_softmax(_f32(teacher_logits.detach()) / t, dim=1)
+    kl = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(1)  # (B, H, W)
+    if labels is None:
+        valid = torch.ones_like(kl, dtype=torch.bool)
+    else:
+        if labels.shape != kl.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(student_logits.shape)}")
+        valid = labels != ignore_index
+    per_pixel = (kl * valid).sum() / valid.sum().clamp(min=1)
+    scale = t * t / (student_logits.shape[1] if reduction == "element" else 1)
+    return per_pixel * scale
+
+
+# ----------------------------------------------------------------------------------------------
+# Prototypes, center feature maps and IFV maps
+
+def resize_labels(labels: Tensor, size: int | Sequence[int]) -> Tensor:
+    """Labels (B, H, W) -> (B, h, w) with PyTorch's `mode='nearest'` (source index floor(j * H / h),
+    the reference code's choice; not `nearest-exact`). Same dtype; returned as is when already h x w."""
+    size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if tuple(labels.shape[-2:]) == size:
+        return labels
+    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].to(labels.dtype)
+
+
+def _onehot(labels: Tensor, size: Sequence[int], num_classes: int, ignore_index: int) -> Tensor:
+    """(B, h*w, K) float class indicator of the resized labels; rows of unlabelled pixels are zero.
+    Labels outside 0..K-1 count as unlabelled, and so does `ignore_index` even inside that range."""
+    lab = resize_labels(labels, size).flatten(1).long()  # (B, N)
+    lab = lab.masked_fill(lab == ignore_index, -1)
+    return (lab[..., None] == torch.arange(num_classes, device=lab.device)).float()
+
+
+def _prototypes(features: Tensor, onehot: Tensor) -> tuple[Tensor, Tensor]:
+    """features (B, *, C, h, w), onehot (B, N, K) -> protos (B, *, K, C), present (B, K)."""
+    b, c = features.shape[0], features.shape[-3]
+    k = onehot.shape[-1]
+    with _no_autocast(features.device):
+        f = _f32(features).reshape(b, -1, onehot.shape[1])  # (B, L*C, N)
+        onehot = onehot.to(f.dtype)
+        counts = onehot.sum(1)  # (B, K)
+        sums = torch.bmm(f, onehot)  # (B, L*C, K): sum_j f_j [l'_j = c]
+        protos = sums / counts.clamp(min=1)[:, None, :]
+    return protos.reshape(b, *features.shape[1:-3], c, k).transpose(-1, -2), counts > 0
+
+
+def _center(features: Tensor, onehot: Tensor, protos: Tensor) -> Tensor:
+    """CFM: features (B, *, C, h, w), onehot (B, N, K), protos (B, *, K, C) -> (B, *, C, h, w)."""
+    b, c, k = features.shape[0], features.shape[-3], onehot.shape[-1]
+    with _no_autocast(features.device):
+        f = _f32(features).reshape(b, -1, c, onehot.shape[1])  # (B, L, C, N)
+        own = torch.einsum("bnk,blkc->blcn", onehot.to(f.dtype), protos.reshape(b, -1, k, c).to(f.dtype))  # p_{l'_j} per pixel
+        labelled = onehot.sum(-1).bool()[:, None, None, :]  # (B, 1, 1, N)
+        cfm = torch.where(labelled, own, f)
+    return cfm.reshape(features.shape)
+
+
+def _ifv(features: Tensor, onehot: Tensor, eps: float) -> Tensor:
+    protos, _ = _prototypes(features, onehot)
+    with _no_autocast(features.device):
+        return F.cosine_similarity(_f32(features), _center(features, onehot, protos), dim=-3, eps=eps)
+
+
+def class_prototypes(features: Tensor, labels: Tensor, num_classes: int,
+                     ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
+    """Prototypes p_c = sum_j f_j [l'_j = c] / sum_j [l'_j = c], l' = labels nearest-resized to h x w.
+
+    features (B, C, h, w) -> protos (B, K, C), present (B, K) bool; a stack (B, M, C, h, w) gives
+    protos (B, M, K, C) (the label is shared). Classes absent from a sample: zero rows, present False.
+    One one-hot matmul per call."""
+    return _prototypes(features, _onehot(labels, features.shape[-2:], num_classes, ignore_index))
+
+
+def center_feature_map(features: Tensor, labels: Tensor, protos: Tensor,
+                       ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """CFM_j = p_{l'_j} at labelled pixels, f_j at ignored ones (their own feature).
+
+    features (B, [M,] C, h, w), labels (B, H, W), protos (B, [M,] K, C) -> (B, [M,] C, h, w)."""
+    return _center(features, _onehot(labels, features.shape[-2:], protos.shape[-2], ignore_index), protos)
+
+
+def ifv_map(features: Tensor, labels: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX,
+            eps: float = 1e-8) -> Tensor:
+    """IFV map M_j = cos(f_j, CFM_j) over channels (1 at ignored pixels; 0 for an all-zero feature).
+
+    features (B, C, h, w) -> (B, h, w); a stack (B, M, C, h, w) -> (B, M, h, w)."""
+    return _ifv(features, _onehot(labels, features.shape[-2:], num_classes, ignore_index), eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Divergences
+
+def ifv_divergence(student_map: Tensor, teacher_map: Tensor, kind: str = "kl_spatial",
+                   temperature: float = 2.0) -> Tensor:
+    """Distance between IFV maps, per map: (..., h, w) x 2 -> (...), e.g. (B,) or (B, M).
+
+    `kl_spatial`: T^2 KL(softmax(M_T / T) || softmax(M_S / T)) with one softmax over all h*w positions
+    (METHOD.md default). `kl_width`: the public code (RMMSS `CriterionIFV`): softmax along the width
+    axis, KL summed over columns and rows (its `batchmean` over a batch of one map), times T^2.
+    `mse`: IFVD (ECCV 2020), mean over h*w of (M_S - M_T)^2; `temperature` unused."""
+    _choice("kind", kind, IFV_DIVERGENCES)
+    with _no_autocast(student_map.device):
+        s, t = _f32(student_map), _f32(teacher_map)
+        if kind == "mse":
+            return (s - t).pow(2).mean((-2, -1))
+        if kind == "kl_spatial":
+            s, t = s.flatten(-2), t.flatten(-2)
+        tau = temperature
+        kl = F.kl_div(F.log_softmax(s / tau, -1), F.log_softmax(t / tau, -1), reduction="none", log_target=True)
+        return kl.sum((-2, -1) if kind == "kl_width" else -1) * tau * tau
+
+
+def prototype_divergence(p_s: Tensor, p_t: Tensor, present: Tensor, kind: str = "kl_class",
+                         temperature: float = 1.0, eps: float = 1e-8) -> Tensor:
+    """Distance between prototype sets over the classes present: (..., K, C) x 2, present (..., K) -> (...).
+
+    `kl_class` (public code): per channel, softmax over the class axis of p / T, restricted to the
+    present classes (absent ones are masked out of the softmax, not kept as zero rows);
+    T^2 * sum over present classes and channels of p_T (log p_T - log p_S) / (n_present * C), i.e. the
+    public code's element mean, which it takes over all K*C elements. 0 when one class is present.
+    `cosine`: mean over present classes of 1 - cos(p_S,c, p_T,c); `temperature` unused.
+    A prototype set with no present class gives 0."""
+    _choice("kind", kind, PROTO_DIVERGENCES)
+    present = present.bool().expand(p_s.shape[:-1])
+    n = present.sum(-1)
+    with _no_autocast(p_s.device):
+        p_s, p_t = _f32(p_s), _f32(p_t)
+        if kind == "cosine":
+            d = 1 - F.cosine_similarity(p_s, p_t, dim=-1, eps=eps)  # (..., K)
+            return (d * present).sum(-1) / n.clamp(min=1)
+        # Rows with no present class would be all -inf: give them every class, then zero their value.
+        mask = (present | (n == 0)[..., None])[..., None]  # (..., K, 1)
+        tau = temperature
+        log_q = F.log_softmax((p_s / tau).masked_fill(~mask, -math.inf), dim=-2).masked_fill(~mask, 0.0)
+        log_p = F.log_softmax((p_t / tau).masked_fill(~mask, -math.inf), dim=-2).masked_fill(~mask, 0.0)
+        kl = (log_p.exp() * (log_p - log_q)).masked_fill(~mask, 0.0).sum((-2, -1))
+        return kl * (n > 0) / (n * p_s.shape[-1]).clamp(min=1) * tau * tau
+
+
+# ----------------------------------------------------------------------------------------------
+# Random draws: CPD pairing and Anymodal Dropout (explicit torch.Generator)
+
+def _gen_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def _random_permutations(n: int, m: int, generator: torch.Generator | None) -> Tensor:
+    """(n, m) long: one uniform permutation of 0..m-1 per row."""
+    return torch.rand(n, m, generator=generator, device=_gen_device(generator)).argsort(1)
+
+
+def cpd_pairs(batch: int | Tensor, num_modalities: int | None = None, generator: torch.Generator | None = None,
+              pairing: str = "permutation", device: torch.device | str | None = None) -> Tensor:
+    """Per-sample modality pairing pi for L_cp: (B, M) long, row b a permutation of 0..M-1; the student
+    prototype of modality pi_b(m) = pairs[b, m] is matched to the teacher prototype of modality m.
+
+    `batch`: the batch size, or a (B, M) tensor (e.g. the present mask) that gives B, M and the device.
+    The permutation is over all M modalities; which pairs count (e.g. only student modalities the student
+    received) is `cpd_loss(received=...)`'s business. `permutation`: uniform; `derangement`: uniform
+    without fixed points (rejection sampling, M >= 2); `same`: identity (single-modal prototype KD)."""
+    _choice("pairing", pairing, PAIRINGS)
+    if isinstance(batch, Tensor):
+        if batch.dim() != 2:
+            raise ValueError(f"cpd_pairs got a tensor of shape {tuple(batch.shape)}; pass (B, M) or an int batch size")
+        (b, m), device = batch.shape, device or batch.device
+    else:
+        if num_modalities is None:
+            raise ValueError("cpd_pairs(batch_size, ...) needs num_modalities")
+        b, m = int(batch), int(num_modalities)
+    if pairing == "same":
+        return torch.arange(m, device=device).expand(b, m).clone()
+    if pairing == "derangement" and m < 2:
+        raise ValueError(f"a derangement needs at least 2 modalities (got M={m}); use pairing='same'")
+    perm = _random_permutations(b, m, generator)
+    if pairing == "derangement":
+        ident = torch.arange(m, device=perm.device)
+        while True:  # each round redraws only the rows with a fixed point (accepted w.p. ~1/e)
+            bad = (perm == ident).any(1)
+            if not bool(bad.any()):
+                break
+            perm[bad] = _random_permutations(int(bad.sum()), m, generator)
+    return perm.to(device)
+
+
+def anymodal_dropout(batch_size: int, num_modalities: int, generator: torch.Generator | None = None,
+                     mode: str = "sample", device: torch.device | str | None = None) -> Tensor:
+    """Anymodal Dropout mask (B, M) bool: which modalities the student receives; never an empty row.
+
+    The public code's distribution: k uniform in 1..M, then a uniform k-subset (the first k of a uniform
+    permutation). `sample`: one draw per sample; `batch`: one draw for the whole batch (public code);
+    `none`: every modality."""
+    _choice("mode", mode, DROPOUT_MODES)
+    m = num_modalities
+    if mode == "none":
+        return torch.ones(batch_size, m, dtype=torch.bool, device=device)
+    n = batch_size if mode == "sample" else 1
+    k = torch.randint(1, m + 1, (n,), generator=generator, device=_gen_device(generator))
+    ranks = _random_permutations(n, m, generator).argsort(1)  # rank of each modality in a random order
+    keep = ranks < k[:, None]
+    return keep.expand(batch_size, m).clone().to(device or keep.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# ASM: primary-modality selection
+
+def _names(features: Features, modalities: Sequence[str] | None) -> list[str]:
+    names = list(modalities) if modalities is not None else list(features)
+    missing = [m for m in names if m not in features]
+    if missing:
+        raise KeyError(f"no features for modality {missing[0]!r}; features have {', '.join(features)}")
+    return names
+
+
+def _stack(features: Features, names: Sequence[str], stage: int) -> Tensor:
+    return torch.stack([features[m][stage] for m in names], 1)  # (B, M, C, h, w)
+
+
+@torch.no_grad()
+def asm_similarity(features: Features, fused: Sequence[Tensor], stage: str = "last",
+                   modalities: Sequence[str] | None = None) -> Tensor:
+    """ASM score s_m = cos(vec f_m, vec f_fused) per sample: (B, M) (at least float32), no gradient.
+
+    features: modality -> stage tensors (B, C_i, h_i, w_i) (the teacher's, full modality); fused: the
+    fused stage tensors. `last`: last stage; `all`: the mean of the per-stage similarities."""
+    _choice("stage", stage, ASM_STAGES)
+    names = _names(features, modalities)
+    stages = [len(fused) - 1] if stage == "last" else range(len(fused))
+    sims = []
+    for i in stages:
+        f = _f32(_stack(features, names, i)).flatten(2)  # (B, M, C*h*w)
+        g = _f32(fused[i]).flatten(1)[:, None]  # (B, 1, C*h*w)
+        sims.append(F.cosine_similarity(f, g, dim=-1))
+    return torch.stack(sims).mean(0)
+
+
+def asm_primary(sim: Tensor, k: int | None = None) -> Tensor:
+    """Primary modalities: the top k = ceil(M/2) scores along the last axis. (B, M) -> (B, M) bool
+    (per sample, for L_ifv); (M,) -> (M,). Ties go to the lower index (`topk`)."""
+    k = math.ceil(sim.shape[-1] / 2) if k is None else k
+    idx = sim.topk(k, dim=-1).indices
+    return torch.zeros_like(sim, dtype=torch.bool).scatter(-1, idx, True)
+
+
+def asm_primary_batch(sim: Tensor, k: int | None = None) -> Tensor:
+    """Primary modalities of the batch from the mean similarity (feedback step): (B, M) -> (M,) bool."""
+    return asm_primary(sim.mean(0), k)
+
+
+# ----------------------------------------------------------------------------------------------
+# Distillation losses over modalities and stages
+
+def cpd_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, num_classes: int, pairs: Tensor,
+             stages: Sequence[int] = (0, 1, 2, 3), kind: str = "kl_class", temperature: float = 1.0,
+             received: Tensor | None = None, ignore_index: int = IGNORE_INDEX,
+             modalities: Sequence[str] | None = None, prototypes: str = "masked",
+             detach_target: bool = True) -> Tensor:
+    """L_cp: cross-modal prototype distillation, D(p^S_{pi(m)}, g^T_m) -> scalar.
+
+    student_feats / teacher_feats: modality -> stage tensors (B, C_i, h_i, w_i); labels (B, H, W);
+    pairs (B, M) from `cpd_pairs` (identity = single-modal prototype KD); D = `prototype_divergence`
+    over the classes present in the sample at that stage. Mean over the (stage, sample, modality) terms
+    that count; 0 (with a graph) when none does.
+
+    `received` (B, M) bool: the modalities the student got (`SegOutput.present`). Given, a pair counts
+    only if the student modality pi(m) was received; None counts every pair (the public code, whose
+    zero-padding student distils zeroed modalities too). Passing it is the recommended default: under
+    `drop` a dropped modality's features are constant zeros outside the graph, so its term is a
+    constant (KL to a uniform softmax) that only dilutes the mean; under `zero` it asks the encoder to
+    reproduce another modality's class prototypes from an all-zero input, which carries no scene
+    information. The paper matches prototypes of modalities the student "sees" (its Eq. for L_cp is
+    written for the student's modality features), so we skip dropped ones.
+    `prototypes`: `masked` (absent classes masked out) or `public` (the public code: zero rows for absent
+    classes, prototypes divided by the count a second time, every class in the softmax)."""
+    _choice("kind", kind, PROTO_DIVERGENCES)
+    _choice("prototypes", prototypes, PROTO_MODES)
+    names = _names(student_feats, modalities)
+    b, m = pairs.shape
+    if m != len(names):
+        raise ValueError(f"pairs has {m} modalities but the features have {len(names)} ({', '.join(names)})")
+    total, count = 0.0, 0
+    for i in stages:
+        fs, ft = _stack(student_feats, names, i), _stack(teacher_feats, names, i)  # (B, M, C, h, w)
+        ft = ft.detach() if detach_target else ft
+        onehot = _onehot(labels, fs.shape[-2:], num_classes, ignore_index)
+        ps, present = _prototypes(fs, onehot)  # (B, M, K, C), (B, K)
+        pt, _ = _prototypes(ft, onehot)
+        if prototypes == "public":
+            counts = onehot.sum(1).clamp(min=1)[:, None, :, None]
+            ps, pt, present = ps / counts, pt / counts, torch.ones_like(present)
+        ps = ps.gather(1, pairs[:, :, None, None].expand_as(ps))  # slot m holds student modality pi(m)
+        d = prototype_divergence(ps, pt, present[:, None, :], kind, temperature)  # (B, M)
+        w = present.any(-1, keepdim=True).expand(b, m)
+        if received is not None:
+            w = w & received.bool().gather(1, pairs)
+        total = total + (d * w).sum()
+        count = count + w.sum()
+    return total / torch.as_tensor(count).clamp(min=1)
+
+
+def ifv_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, num_classes: int,
+             modalities_mask: Tensor, stages: Sequence[int] = (0, 1, 2, 3), kind: str = "kl_spatial",
+             temperature: float = 2.0, pairs: Tensor | None = None, ignore_index: int = IGNORE_INDEX,
+             modalities: Sequence[str] | None = None, detach_target: bool = True, eps: float = 1e-8) -> Tensor:
+    """L_ifv: D(M^S_m, M^T_m) between IFV maps of the same modality -> scalar.
+
+    modalities_mask (B, M) bool selects the *student* modalities distilled: for HPD, ASM primary AND
+    received by the student; received alone for "IFV (all modalities)". With `pairs` (B, M) the
+    cross-modal variant (the paper's negative "cross-modal IFV" row): the student map of modality
+    pi(m) = pairs[b, m] against the teacher map of modality m, counted when the student modality
+    pi(m) is selected. D = `ifv_divergence(kind, temperature)`. Mean over the selected (stage, sample,
+    modality) terms; 0 with a valid graph when the mask is empty. For the feedback step swap the roles:
+    the teacher's features as `student_feats`, the student's (detached target) as `teacher_feats`."""
+    _choice("kind", kind, IFV_DIVERGENCES)
+    names = _names(student_feats, modalities)
+    sel = modalities_mask.bool()
+    if sel.shape[1] != len(names):
+        raise ValueError(f"modalities_mask has {sel.shape[1]} columns but the features have {len(names)} "
+                         f"modalities ({', '.join(names)})")
+    if pairs is not None:
+        sel = sel.gather(1, pairs)
+    total = 0.0
+    for i in stages:
+        fs, ft = _stack(student_feats, names, i), _stack(teacher_feats, names, i)
+        ft = ft.detach() if detach_target else ft
+        onehot = _onehot(labels, fs.shape[-2:], num_classes, ignore_index)
+        ms, mt = _ifv(fs, onehot, eps), _ifv(ft, onehot, eps)  # (B, M, h, w)
+        if pairs is not None:
+            ms = ms.gather(1, pairs[:, :, None, None].expand_as(ms))
+        total = total + (ifv_divergence(ms, mt, kind, temperature) * sel).sum()
+    return total / (sel.sum() * len(stages)).clamp(min=1)

@@ -1,0 +1,226 @@
+"""The one training loop, for every method (baseline/teacher and every distillation preset).
+
+A *method* (`workbench.methods`) owns the models and computes the named losses of a step; this
+loop owns everything else: data order, optimizer and poly schedule with warm-up, mixed precision,
+gradient clipping, progress, JSON-lines metrics, periodic validation on every modality combination,
+atomic checkpoints with config/versions/git commit, exact resume, and DDP under `torchrun`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from workbench.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    load_checkpoint,
+    load_state_strict,
+    save_checkpoint,
+    write_run_info,
+)
+from workbench.config import Config
+from workbench.data import Collate, dataset_from_config
+from workbench.distributed import DistContext, EpochSampler, ShardSampler
+from workbench.evaluate import evaluate_combinations
+from workbench.methods import build_method
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is left untouched."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    history: list[dict] = field(default_factory=list)
+    last_val: dict | None = None
+
+
+def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"train.device={name!r} but CUDA is not available; use train.device=cpu or auto")
+        if ctx is not None and ctx.enabled:
+            return torch.device("cuda", ctx.local_rank)
+    return torch.device(name)
+
+
+def lr_factor(it: int, total: int, warmup: int, power: float) -> float:
+    """Linear warm-up from 0.1x to 1x over `warmup` iterations, then poly decay (1 - t)^power."""
+    if it < warmup:
+        return 0.1 + 0.9 * it / warmup
+    return (1 - (it - warmup) / max(1, total - warmup)) ** power
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on 1-D parameters (norms, biases), as the reference recipe."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def move_batch(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            v = v.to(device, non_blocking=True)
+            if channels_last and v.ndim == 4:
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+def _jsonable(logs: dict) -> dict:
+    return {k: (float(v.detach()) if torch.is_tensor(v) else v) for k, v in logs.items()}
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          teacher_checkpoint: str | Path | None = None) -> TrainResult:
+    """Train `cfg` into `run_dir` (checkpoints `last.pt`, `final.pt`; `metrics.jsonl`; config and
+    run info). `resume=True` continues from `last.pt` to exactly the result of an uninterrupted run."""
+    cfg.validate()
+    run_dir = Path(run_dir)
+    ctx = DistContext.from_env(cfg.train.device)
+    device = resolve_device(cfg.train.device, ctx)
+    torch.backends.cudnn.benchmark = False  # seeded runs stay reproducible
+    torch.manual_seed(cfg.train.seed)  # model init, head dropout and drop-path draws
+
+    train_ds = dataset_from_config(cfg.data, "train", aug_seed=cfg.train.seed)
+    val_ds = dataset_from_config(cfg.data, "val", augment=False)
+    if len(train_ds) // ctx.world_size < cfg.data.batch_size:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} is larger than the training split per process "
+                         f"({len(train_ds)} samples / {ctx.world_size}); lower data.batch_size")
+    sampler = EpochSampler(len(train_ds), cfg.train.seed, ctx.rank, ctx.world_size)
+    collate = Collate(train_ds.modalities)
+    loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True,
+                        num_workers=cfg.data.num_workers, collate_fn=collate, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+    val_loader = DataLoader(val_ds, batch_size=cfg.data.batch_size, sampler=ShardSampler(len(val_ds), ctx.rank,
+                            ctx.world_size), num_workers=cfg.data.num_workers, collate_fn=collate)
+
+    method = build_method(cfg, train_ds, device, ctx, teacher_checkpoint)
+    optimizer = torch.optim.AdamW(param_groups(method.model, cfg.train.weight_decay), lr=cfg.train.lr)
+    iters_per_epoch = len(loader)
+    total = cfg.train.epochs * iters_per_epoch
+    if cfg.train.max_steps is not None:
+        total = min(total, cfg.train.max_steps)
+    warmup = min(total - 1, round(cfg.train.warmup_epochs * iters_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(it, total, warmup, cfg.train.poly_power))
+    use_amp = device.type == "cuda" and cfg.train.amp in ("auto", "bf16") or cfg.train.amp == "bf16"
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
+    channels_last = cfg.train.channels_last and device.type == "cuda"
+
+    start_epoch, step, history = 0, 0, []
+    last_path, final_path = run_dir / "last.pt", run_dir / "final.pt"
+    if resume and last_path.exists():
+        state = load_checkpoint(last_path)
+        if state.get("config_hash") != cfg.hash():
+            raise CheckpointError(f"{last_path} was written by a different config (hash {state.get('config_hash')} "
+                                  f"vs {cfg.hash()}); resume with the same preset and --set overrides")
+        load_state_strict(method.model, state["model"])
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
+    if ctx.is_main:
+        info = write_run_info(run_dir, cfg.to_json())
+        # metrics.jsonl mirrors the checkpoint's history, so a resumed run never holds stale lines
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    else:
+        info = {}
+
+    def checkpoint(epoch: int, path: Path) -> None:
+        if ctx.is_main:
+            save_checkpoint(path, {
+                "model": method.model.state_dict(), "method": method.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch, "step": step,
+                "history": history, "config": cfg.to_dict(), "config_hash": cfg.hash(), "run_info": info,
+                "classes": list(train_ds.classes), "modalities": list(train_ds.modalities),
+            })
+
+    def log(entry: dict) -> None:
+        history.append(entry)
+        if ctx.is_main:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    last_val = None
+    done = step >= total
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if done:
+            break
+        train_ds.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + epoch)  # dropout subsets, permutations
+        method.train()
+        bar = tqdm(loader, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}", disable=not (progress and ctx.is_main),
+                   leave=False, dynamic_ncols=True)
+        t0, seen = time.perf_counter(), 0
+        for batch in bar:
+            batch = move_batch(batch, device, channels_last)
+            with autocast():
+                losses = method.training_step(batch, gen)
+            loss = losses["loss"]
+            if not torch.isfinite(loss.detach()):
+                named = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                raise TrainingDiverged(
+                    f"non-finite loss at step {step} (epoch {epoch + 1}): {named}. Nothing was saved after it; "
+                    f"the last good checkpoint is {last_path if last_path.exists() else 'none yet'}. Lower train.lr, "
+                    f"set train.grad_clip, or check the inputs for NaN")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            method.sync_gradients()
+            if cfg.train.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(method.model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            with autocast():
+                extra = method.after_step(batch, gen, lr=optimizer.param_groups[0]["lr"])
+            step += 1
+            seen += batch["label"].shape[0] * ctx.world_size
+            entry = {"step": step, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                     **{f"train/{k}": v for k, v in _jsonable({**losses, **extra}).items()},
+                     "img_per_s": seen / max(1e-9, time.perf_counter() - t0)}
+            log(entry)
+            bar.set_postfix(loss=f"{entry['train/loss']:.3f}", img_s=f"{entry['img_per_s']:.1f}")
+            if step >= total:
+                done = True
+                break
+        bar.close()
+        last_epoch = epoch + 1 == cfg.train.epochs or done
+        if cfg.train.val_every and ((epoch + 1) % cfg.train.val_every == 0 or last_epoch):
+            res = evaluate_combinations(method.model, val_loader, protocols=(cfg.train.protocol,), device=device,
+                                        classes=train_ds.classes, progress=False,
+                                        reduce_fn=ctx.all_reduce_sum if ctx.enabled else None,
+                                        conditions=val_ds.conditions or None)
+            last_val = {"step": step, "epoch": epoch + 1, "val/miou_full": res.full(cfg.train.protocol),
+                        "val/emm": res.emm(cfg.train.protocol), "val/worst": res.worst(cfg.train.protocol)[1]}
+            last_val.update({f"val/{k}": v for k, v in method.validation_logs().items()})
+            log(last_val)
+        if (epoch + 1) % cfg.train.ckpt_every == 0 or last_epoch:
+            checkpoint(epoch, last_path)
+    if ctx.is_main:  # final.pt: the last state without optimizer/scheduler, the artefact others load
+        if not last_path.exists():
+            checkpoint(epoch, last_path)
+        final = load_checkpoint(last_path)
+        final.pop("optimizer"), final.pop("scheduler")
+        save_checkpoint(final_path, final)
+    ctx.barrier()
+    return TrainResult(run_dir, final_path, history, last_val)
