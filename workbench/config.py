@@ -176,6 +176,10 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> Config:
+        for section in (self.data, self.model, self.train, self.distill):  # normalize types (e.g. 10 -> 10.0)
+            hints = get_type_hints(type(section))
+            for f in fields(section):
+                setattr(section, f.name, _coerce(f"{f.name}", hints[f.name], getattr(section, f.name)))
         self.data.validate()
         self.model.validate()
         self.train.validate()
@@ -323,7 +327,7 @@ def _profile_paper() -> Config:
         data=DataConfig(dataset="deliver", root="data/DELIVER", size=1024, eval_size=1024, batch_size=2,
                         num_workers=4),
         model=ModelConfig(encoder="mit_b0", head_dim=768),
-        train=TrainConfig(epochs=120, lr=6e-5, warmup_epochs=10, loss="ohem", val_every=5, ckpt_every=1),
+        train=TrainConfig(epochs=120, lr=6e-5, warmup_epochs=10.0, loss="ohem", val_every=5, ckpt_every=1),
         distill=DistillConfig(),
     )
 

@@ -165,9 +165,24 @@ def _center(features: Tensor, onehot: Tensor, protos: Tensor) -> Tensor:
 
 
 def _ifv(features: Tensor, onehot: Tensor, eps: float) -> Tensor:
-    protos, _ = _prototypes(features, onehot)
+    """IFV map without building the CFM: features (B, *, C, h, w), onehot (B, N, K) -> (B, *, h, w).
+
+    Same formula as `F.cosine_similarity(f, CFM, dim=C)` (x / max(|x|, eps) . y / max(|y|, eps)):
+    at a labelled pixel f_j . p_c / (max(|f_j|, eps) max(|p_c|, eps)), read from the (N, K) matrix of
+    all dot products f_j . p_c (one matmul); at an ignored pixel cos(f_j, f_j)."""
+    b, c, n = features.shape[0], features.shape[-3], onehot.shape[1]
+    protos, _ = _prototypes(features, onehot)  # (B, *, K, C)
     with _no_autocast(features.device):
-        return F.cosine_similarity(_f32(features), _center(features, onehot, protos), dim=-3, eps=eps)
+        f = _f32(features).reshape(b, -1, c, n)  # (B, L, C, N)
+        oh = onehot.to(f.dtype)[:, None]  # (B, 1, N, K)
+        p = protos.reshape(b, f.shape[1], -1, c)  # (B, L, K, C)
+        # max(|x|, eps) as sqrt(max(|x|^2, eps^2)): finite gradient at zero rows (absent classes)
+        fn = f.square().sum(2).clamp_min(eps * eps).sqrt()  # (B, L, N)
+        p = p / p.square().sum(-1, keepdim=True).clamp_min(eps * eps).sqrt()
+        own = (torch.matmul(f.transpose(-1, -2), p.transpose(-1, -2)) * oh).sum(-1) / fn  # (B, L, N)
+        self_cos = (f / fn[:, :, None]).square().sum(2)  # cos(f_j, f_j): 1 unless |f_j| < eps
+        out = torch.where(oh.sum(-1) > 0, own, self_cos)
+    return out.reshape(*features.shape[:-3], *features.shape[-2:])
 
 
 def class_prototypes(features: Tensor, labels: Tensor, num_classes: int,
@@ -219,6 +234,32 @@ def ifv_divergence(student_map: Tensor, teacher_map: Tensor, kind: str = "kl_spa
         return kl.sum((-2, -1) if kind == "kl_width" else -1) * tau * tau
 
 
+def _proto_div(p_s: Tensor, p_t: Tensor, present: Tensor, seg: Tensor, kind: str, tau: float,
+               eps: float) -> Tensor:
+    """`prototype_divergence` for prototypes whose channels are S segments (stages concatenated along C,
+    so one pass serves every stage): p_s, p_t (..., K, C); present (..., S, K); seg (C, S) 0/1 -> (..., S)."""
+    n = present.sum(-1)  # (..., S)
+    if kind == "cosine":  # F.cosine_similarity's formula, per segment: x.y / (max(|x|, eps) max(|y|, eps))
+        dots = (p_s * p_t) @ seg  # (..., K, S)
+        norms = (p_s.square() @ seg).clamp_min(eps * eps).sqrt() * (p_t.square() @ seg).clamp_min(eps * eps).sqrt()
+        d = (1 - dots / norms).transpose(-1, -2)  # (..., S, K)
+        return (d * present).sum(-1) / n.clamp(min=1)
+    # Absent classes leave the softmax (-inf logits, then 0 log-probability: no nan in the gradient);
+    # a segment with no present class keeps every class and is zeroed at the end.
+    live = present | (n == 0)[..., None]
+    mask = (live.transpose(-1, -2).to(seg.dtype) @ seg.T) > 0  # (..., K, C)
+    log_q = F.log_softmax((p_s / tau).masked_fill(~mask, -math.inf), dim=-2).masked_fill(~mask, 0.0)
+    log_p = F.log_softmax((p_t / tau).masked_fill(~mask, -math.inf), dim=-2).masked_fill(~mask, 0.0)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-2) @ seg  # (..., S); absent terms are exp(0) * (0 - 0)
+    return kl * (n > 0) / (n * seg.sum(0)).clamp(min=1) * (tau * tau)
+
+
+def _segments(widths: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(sum widths, S) 0/1 matrix: channel c belongs to segment s."""
+    stage_of_channel = torch.tensor([s for s, w in enumerate(widths) for _ in range(w)], device=device)
+    return (stage_of_channel[:, None] == torch.arange(len(widths), device=device)).to(dtype)
+
+
 def prototype_divergence(p_s: Tensor, p_t: Tensor, present: Tensor, kind: str = "kl_class",
                          temperature: float = 1.0, eps: float = 1e-8) -> Tensor:
     """Distance between prototype sets over the classes present: (..., K, C) x 2, present (..., K) -> (...).
@@ -230,20 +271,10 @@ def prototype_divergence(p_s: Tensor, p_t: Tensor, present: Tensor, kind: str = 
     `cosine`: mean over present classes of 1 - cos(p_S,c, p_T,c); `temperature` unused.
     A prototype set with no present class gives 0."""
     _choice("kind", kind, PROTO_DIVERGENCES)
-    present = present.bool().expand(p_s.shape[:-1])
-    n = present.sum(-1)
     with _no_autocast(p_s.device):
         p_s, p_t = _f32(p_s), _f32(p_t)
-        if kind == "cosine":
-            d = 1 - F.cosine_similarity(p_s, p_t, dim=-1, eps=eps)  # (..., K)
-            return (d * present).sum(-1) / n.clamp(min=1)
-        # Rows with no present class would be all -inf: give them every class, then zero their value.
-        mask = (present | (n == 0)[..., None])[..., None]  # (..., K, 1)
-        tau = temperature
-        log_q = F.log_softmax((p_s / tau).masked_fill(~mask, -math.inf), dim=-2).masked_fill(~mask, 0.0)
-        log_p = F.log_softmax((p_t / tau).masked_fill(~mask, -math.inf), dim=-2).masked_fill(~mask, 0.0)
-        kl = (log_p.exp() * (log_p - log_q)).masked_fill(~mask, 0.0).sum((-2, -1))
-        return kl * (n > 0) / (n * p_s.shape[-1]).clamp(min=1) * tau * tau
+        seg = torch.ones(p_s.shape[-1], 1, device=p_s.device, dtype=p_s.dtype)
+        return _proto_div(p_s, p_t, present.bool()[..., None, :], seg, kind, temperature, eps)[..., 0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,13 +364,12 @@ def asm_similarity(features: Features, fused: Sequence[Tensor], stage: str = "la
     fused stage tensors. `last`: last stage; `all`: the mean of the per-stage similarities."""
     _choice("stage", stage, ASM_STAGES)
     names = _names(features, modalities)
-    stages = [len(fused) - 1] if stage == "last" else range(len(fused))
     sims = []
-    for i in stages:
+    for i in [len(fused) - 1] if stage == "last" else range(len(fused)):
         f = _f32(_stack(features, names, i)).flatten(2)  # (B, M, C*h*w)
         g = _f32(fused[i]).flatten(1)[:, None]  # (B, 1, C*h*w)
         sims.append(F.cosine_similarity(f, g, dim=-1))
-    return torch.stack(sims).mean(0)
+    return sims[0] if len(sims) == 1 else torch.stack(sims).mean(0)
 
 
 def asm_primary(sim: Tensor, k: int | None = None) -> Tensor:
@@ -362,7 +392,7 @@ def cpd_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, n
              stages: Sequence[int] = (0, 1, 2, 3), kind: str = "kl_class", temperature: float = 1.0,
              received: Tensor | None = None, ignore_index: int = IGNORE_INDEX,
              modalities: Sequence[str] | None = None, prototypes: str = "masked",
-             detach_target: bool = True) -> Tensor:
+             detach_target: bool = True, eps: float = 1e-8) -> Tensor:
     """L_cp: cross-modal prototype distillation, D(p^S_{pi(m)}, g^T_m) -> scalar.
 
     student_feats / teacher_feats: modality -> stage tensors (B, C_i, h_i, w_i); labels (B, H, W);
@@ -386,24 +416,28 @@ def cpd_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, n
     b, m = pairs.shape
     if m != len(names):
         raise ValueError(f"pairs has {m} modalities but the features have {len(names)} ({', '.join(names)})")
-    total, count = 0.0, 0
-    for i in stages:
-        fs, ft = _stack(student_feats, names, i), _stack(teacher_feats, names, i)  # (B, M, C, h, w)
-        ft = ft.detach() if detach_target else ft
-        onehot = _onehot(labels, fs.shape[-2:], num_classes, ignore_index)
-        ps, present = _prototypes(fs, onehot)  # (B, M, K, C), (B, K)
-        pt, _ = _prototypes(ft, onehot)
+    protos, presents = [], []
+    for i in stages:  # per stage: one matmul gives every modality's prototypes, student and teacher
+        ft = [teacher_feats[n][i].detach() if detach_target else teacher_feats[n][i] for n in names]
+        both = torch.stack([student_feats[n][i] for n in names] + ft, 1)  # (B, 2M, C_i, h, w)
+        onehot = _onehot(labels, both.shape[-2:], num_classes, ignore_index)
+        p, present = _prototypes(both, onehot)  # (B, 2M, K, C_i), (B, K)
         if prototypes == "public":
-            counts = onehot.sum(1).clamp(min=1)[:, None, :, None]
-            ps, pt, present = ps / counts, pt / counts, torch.ones_like(present)
-        ps = ps.gather(1, pairs[:, :, None, None].expand_as(ps))  # slot m holds student modality pi(m)
-        d = prototype_divergence(ps, pt, present[:, None, :], kind, temperature)  # (B, M)
-        w = present.any(-1, keepdim=True).expand(b, m)
+            p, present = p / onehot.sum(1).clamp(min=1)[:, None, :, None], torch.ones_like(present)
+        protos.append(p)
+        presents.append(present)
+    with _no_autocast(protos[0].device):
+        # Stages side by side along the channel axis: one divergence pass, reduced per stage by `seg`.
+        p = torch.cat(protos, -1)  # (B, 2M, K, sum C_i)
+        seg = _segments([q.shape[-1] for q in protos], p.device, p.dtype)
+        present = torch.stack(presents, 1)  # (B, S, K)
+        ps = p[:, :m].gather(1, pairs[:, :, None, None].expand(b, m, *p.shape[2:]))  # slot m: student pi(m)
+        d = _proto_div(ps, p[:, m:], present[:, None], seg, kind, temperature, eps)  # (B, M, S)
+        w = present.any(-1)[:, None, :]  # (B, 1, S): the sample has a labelled class at that stage
         if received is not None:
-            w = w & received.bool().gather(1, pairs)
-        total = total + (d * w).sum()
-        count = count + w.sum()
-    return total / torch.as_tensor(count).clamp(min=1)
+            w = w & received.bool().gather(1, pairs)[:, :, None]
+        w = w.expand_as(d)
+        return (d * w).sum() / w.sum().clamp(min=1)
 
 
 def ifv_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, num_classes: int,
@@ -417,7 +451,7 @@ def ifv_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, n
     cross-modal variant (the paper's negative "cross-modal IFV" row): the student map of modality
     pi(m) = pairs[b, m] against the teacher map of modality m, counted when the student modality
     pi(m) is selected. D = `ifv_divergence(kind, temperature)`. Mean over the selected (stage, sample,
-    modality) terms; 0 with a valid graph when the mask is empty. For the feedback step swap the roles:
+    modality) terms; only those are computed (one host sync for their index list); 0 with a valid graph when the mask is empty. For the feedback step swap the roles:
     the teacher's features as `student_feats`, the student's (detached target) as `teacher_feats`."""
     _choice("kind", kind, IFV_DIVERGENCES)
     names = _names(student_feats, modalities)
@@ -425,15 +459,17 @@ def ifv_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, n
     if sel.shape[1] != len(names):
         raise ValueError(f"modalities_mask has {sel.shape[1]} columns but the features have {len(names)} "
                          f"modalities ({', '.join(names)})")
-    if pairs is not None:
-        sel = sel.gather(1, pairs)
+    src = pairs if pairs is not None else torch.arange(len(names), device=sel.device).expand_as(sel)
+    # Only the selected (sample, slot) pairs are computed: one host sync for their index list.
+    bi, mi = sel.gather(1, src).nonzero(as_tuple=True)
+    if bi.numel() == 0:  # nothing selected: 0, still attached to the student's graph
+        return sum(student_feats[n][i].sum() for n in names for i in stages) * 0.0
+    rows = torch.stack([src[bi, mi], mi + len(names)], 1)  # (P, 2): student pi(m), teacher m in `both`
+    lab = labels[bi]
     total = 0.0
     for i in stages:
-        fs, ft = _stack(student_feats, names, i), _stack(teacher_feats, names, i)
-        ft = ft.detach() if detach_target else ft
-        onehot = _onehot(labels, fs.shape[-2:], num_classes, ignore_index)
-        ms, mt = _ifv(fs, onehot, eps), _ifv(ft, onehot, eps)  # (B, M, h, w)
-        if pairs is not None:
-            ms = ms.gather(1, pairs[:, :, None, None].expand_as(ms))
-        total = total + (ifv_divergence(ms, mt, kind, temperature) * sel).sum()
-    return total / (sel.sum() * len(stages)).clamp(min=1)
+        ft = [teacher_feats[n][i].detach() if detach_target else teacher_feats[n][i] for n in names]
+        both = torch.stack([student_feats[n][i] for n in names] + ft, 1)  # (B, 2M, C, h, w)
+        maps = _ifv(both[bi[:, None], rows], _onehot(lab, both.shape[-2:], num_classes, ignore_index), eps)
+        total = total + ifv_divergence(maps[:, 0], maps[:, 1], kind, temperature).sum()  # maps (P, 2, h, w)
+    return total / (bi.numel() * len(stages))

@@ -179,7 +179,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                 losses = method.training_step(batch, gen)
             loss = losses["loss"]
             if not torch.isfinite(loss.detach()):
-                named = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                named = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                 raise TrainingDiverged(
                     f"non-finite loss at step {step} (epoch {epoch + 1}): {named}. Nothing was saved after it; "
                     f"the last good checkpoint is {last_path if last_path.exists() else 'none yet'}. Lower train.lr, "

@@ -133,7 +133,7 @@ class DeliverDataset(RealDataset):
             files = {key: (root / folder(key, depth_source) / condition / split / scene
                            / filename.replace("_rgb", SUFFIX[key]),) for key in keys}
             found = [c for c in CASES if c in rel.as_posix()]
-            stem = filename.removesuffix(".png").replace("_rgb", "")
+            stem = filename.split("_rgb")[0]
             meta = {"dataset": "deliver", "split": split, "condition": condition, "case": found[0] if found else "none",
                     "file": f"{condition}/{split}/{scene}/{stem}"}
             listed.append(Record(files, meta))

@@ -11,6 +11,7 @@ long (H, W) with 255 = ignore; normalization and augmentation are the `transform
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_image, read_file
 
 from workbench.data.base import MultiModalDataset
 from workbench.data.transforms import IGNORE_INDEX, Compose
@@ -27,11 +27,40 @@ __all__ = ["build", "loaders", "RealDataset", "Record", "Scan", "Problem", "read
            "three_channels", "IGNORE_INDEX"]
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def read_image(path: Path) -> torch.Tensor:
-    """A PNG as float (C, H, W) in [0, 1]: 8-bit / 255, 16-bit / 65535 (torchvision keeps 16 bits;
-    PIL would truncate 16-bit colour PNGs such as MUSES' projected LiDAR to 8)."""
-    x = decode_image(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
-    return x.to(torch.float32) / (65535.0 if x.dtype == torch.uint16 else 255.0)
+    """An image file as float (C, H, W) in [0, 1]: 8-bit / 255, 16-bit / 65535, palette -> RGB."""
+    if is_png16_colour(path):
+        return read_png16(path)
+    with Image.open(path) as im:
+        if im.mode in ("P", "PA", "1"):
+            im = im.convert("RGBA" if im.mode == "PA" else "RGB")
+        a = np.array(im)
+    scale = 255.0 if a.dtype == np.uint8 else 65535.0  # Pillow reads 16-bit grey as I;16 (or I)
+    x = torch.from_numpy(a.astype(np.float32) / scale)
+    return x[None] if x.ndim == 2 else x.permute(2, 0, 1).contiguous()
+
+
+def is_png16_colour(path: Path) -> bool:
+    """Whether a file is a 16-bit RGB(A) PNG (IHDR bit depth 16, colour type 2 or 6), which Pillow
+    would truncate to 8 bits (MUSES' projected LiDAR and radar are such PNGs)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return head[:8] == PNG_SIGNATURE and head[24] == 16 and head[25] in (2, 6)
+
+
+def read_png16(path: Path) -> torch.Tensor:
+    try:
+        from torchvision.io import ImageReadMode, decode_png, read_file
+    except ImportError as e:
+        raise ValueError(f"{path} is a 16-bit colour PNG, which Pillow truncates to 8 bits, and this torchvision has "
+                         f"no PNG decoder; install a torchvision with torchvision.io.decode_png") from e
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision >= 0.29 deprecates its image decoders
+        x = decode_png(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
+    return x.to(torch.float32) / 65535.0
 
 
 def three_channels(x: torch.Tensor) -> torch.Tensor:

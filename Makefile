@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine: `make suite` (the main job) and `make test`.
+# Both (re)create .venv with python3 -m venv + pip install -e .[dev] when it is missing or stale.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROFILE ?= quick
+export HF_HUB_OFFLINE := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: venv test suite smoke lint bench clean-runs
+
+$(STAMP): pyproject.toml
+	@echo "[make] creating $(VENV) (python3 -m venv + pip install -e .[dev]); ~2 minutes the first time"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+suite: $(STAMP)
+	$(PY) -m workbench suite --profile $(PROFILE)
+
+smoke: $(STAMP)
+	$(PY) -m workbench suite --profile smoke
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check workbench tests
+
+bench: $(STAMP)
+	$(PY) -m workbench bench combos
+	$(PY) -m workbench bench losses
+	$(PY) -m workbench bench step
+
+clean-runs:
+	rm -rf runs

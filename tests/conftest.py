@@ -1,0 +1,24 @@
+"""Shared test set-up: offline timm, runs and figures in temporary folders, tiny configs."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from workbench.config import apply_overrides, preset  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_runs(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path_factory.getbasetemp() / "runs"))
+    monkeypatch.setenv("WORKBENCH_FIGURES", str(tmp_path_factory.getbasetemp() / "figures"))
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_cfg():
+    """The tiny preset, shrunk further so a training run takes about a second."""
+    return apply_overrides(preset("tiny"), {"data.train_samples": 8, "data.val_samples": 4, "data.test_samples": 4,
+                                            "train.epochs": 2})

@@ -1,0 +1,44 @@
+import pytest
+
+from workbench.config import METHODS, PROFILES, Config, ConfigError, apply_overrides, preset
+
+
+def test_every_preset_builds_and_roundtrips():
+    for name in list(PROFILES) + list(METHODS):
+        cfg = preset(name, "tiny" if name in METHODS else None)
+        assert Config.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+        assert cfg.hash() == Config.from_dict(cfg.to_dict()).hash()
+
+
+def test_unknown_preset_lists_valid_names():
+    with pytest.raises(ConfigError, match="valid presets: .*robustseg"):
+        preset("robustsegg")
+
+
+def test_overrides_coerce_types_and_name_the_key():
+    cfg = apply_overrides(preset("tiny"), ["train.epochs=3", "train.lr=0.01", "data.modalities=rgb,depth",
+                                           "train.grad_clip=none", "model.shared_encoder=true"])
+    assert cfg.train.epochs == 3 and cfg.train.lr == 0.01 and cfg.data.modalities == ("rgb", "depth")
+    assert cfg.train.grad_clip is None and cfg.model.shared_encoder is True
+    with pytest.raises(ConfigError, match="train.epochs"):
+        apply_overrides(preset("tiny"), ["train.epochs=three"])
+    with pytest.raises(ConfigError, match="train.epochs"):
+        apply_overrides(preset("tiny"), ["train.epochs=-1"])
+    with pytest.raises(ConfigError, match="valid keys here: .*epochs"):
+        apply_overrides(preset("tiny"), ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="valid: data, distill, model, train"):
+        apply_overrides(preset("tiny"), ["trian.epochs=3"])
+    with pytest.raises(ConfigError, match="choose one of"):
+        apply_overrides(preset("tiny"), ["train.protocol=mask"])
+
+
+def test_shared_encoder_with_feedback_is_an_error_that_says_why():
+    with pytest.raises(ConfigError, match="one encoder per modality"):
+        apply_overrides(preset("robustseg", "tiny"), ["model.shared_encoder=true"])
+
+
+def test_hash_ignores_cosmetic_keys_but_not_training_ones():
+    a = preset("tiny")
+    assert apply_overrides(a, ["train.device=cpu"]).hash() == a.hash()
+    assert apply_overrides(a, ["train.seed=1"]).hash() != a.hash()
+    assert preset("hpd", "tiny").hash() != preset("robustseg", "tiny").hash()
