@@ -36,7 +36,7 @@ def save(path: Path, array: np.ndarray, mode: str | None = None) -> None:
     if path.suffix == ".npy":
         np.save(path, array)
     else:
-        Image.fromarray(array, mode).save(path) if mode else Image.fromarray(array).save(path)
+        (Image.fromarray(array, mode) if mode else Image.fromarray(array)).save(path)
 
 
 def save_png16_rgb(path: Path, array: np.ndarray) -> None:
@@ -68,20 +68,20 @@ def make_deliver(root: Path, h: int = 16, w: int = 20, block: int = 4, scenes=DE
     RGB is RGBA, hha 3-channel, depth 1-channel 16-bit, event half resolution, semantic RGB."""
     seed = 0
     for condition, split, scene, n in scenes:
-        for i in range(n):
+        for _ in range(n):
             seed += 1
             fid = f"{seed * 50:06d}"
             raw = blocks(h, w, seed, hi=25, block=block)
             raw[0, :4] = (0, 255, 1, 25)  # unlabelled, ignore, first and last class
             v = encode(raw)
-            d = lambda folder: root / folder / condition / split / scene  # noqa: E731
-            save(d("img") / f"{fid}_rgb_front.png", np.stack([v, v, v, np.full_like(v, 255)], -1))
-            save(d("hha") / f"{fid}_depth_front.png", np.stack([v, v, v], -1))
-            save(d("depth") / f"{fid}_depth_front.png", v.astype(np.uint16) * 257)  # 16-bit grey
-            save(d("event") / f"{fid}_event_front.png", np.stack([v, v, v], -1)[::2, ::2])
-            save(d("lidar") / f"{fid}_lidar_front.png", np.stack([v, v, v], -1))
+            where = Path(condition, split, scene)
+            save(root / "img" / where / f"{fid}_rgb_front.png", np.stack([v, v, v, np.full_like(v, 255)], -1))
+            save(root / "hha" / where / f"{fid}_depth_front.png", np.stack([v, v, v], -1))
+            save(root / "depth" / where / f"{fid}_depth_front.png", v.astype(np.uint16) * 257)  # 16-bit grey
+            save(root / "event" / where / f"{fid}_event_front.png", np.stack([v, v, v], -1)[::2, ::2])
+            save(root / "lidar" / where / f"{fid}_lidar_front.png", np.stack([v, v, v], -1))
             noise = np.random.default_rng(seed).integers(0, 256, (h, w, 2), dtype=np.uint8)
-            save(d("semantic") / f"{fid}_semantic_front.png", np.concatenate([raw[..., None], noise], -1))
+            save(root / "semantic" / where / f"{fid}_semantic_front.png", np.concatenate([raw[..., None], noise], -1))
     return root
 
 
@@ -110,6 +110,7 @@ def test_deliver_label_mapping_and_encoding(deliver_root):
     assert label[0, :4].tolist() == [IGNORE_INDEX, IGNORE_INDEX, 0, 24]  # raw 0, 255, 1, 25
     valid = label != IGNORE_INDEX
     assert label[valid].min() >= 0 and label[valid].max() <= 24
+    valid[:2] = False  # row 0 holds single-pixel values that the half-resolution event image cannot
     # raw = class + 1 and every modality draws raw * STEP / 255
     expected = (label + 1).float() * STEP / 255
     for m in ("rgb", "depth", "event", "lidar"):
@@ -186,13 +187,14 @@ def make_muses(root: Path, h: int = 12, w: int = 16, block: int = 4, projected: 
             raw = blocks(h, w, seed, hi=18, block=block)
             raw[0, :2] = (255, 0)
             v = encode(raw)
-            d = lambda folder: root / folder / split / weather / daytime  # noqa: E731
-            save(d("frame_camera") / f"{fid}_frame_camera.png", np.stack([v, v, v], -1))
-            save(d(f"{projected}event_camera") / f"{fid}_event_camera.png", np.stack([v, v, v], -1))
-            save_png16_rgb(d(f"{projected}lidar") / f"{fid}_lidar.png", np.stack([v, v, v], -1).astype(np.uint16) * 257)
-            save(d(f"{projected}radar") / f"{fid}_radar.png", np.stack([v, v, v], -1))
+            where = Path(split, weather, daytime)
+            save(root / "frame_camera" / where / f"{fid}_frame_camera.png", np.stack([v, v, v], -1))
+            save(root / f"{projected}event_camera" / where / f"{fid}_event_camera.png", np.stack([v, v, v], -1))
+            lidar = np.stack([v, v, v], -1).astype(np.uint16) * 257
+            save_png16_rgb(root / f"{projected}lidar" / where / f"{fid}_lidar.png", lidar)
+            save(root / f"{projected}radar" / where / f"{fid}_radar.png", np.stack([v, v, v], -1))
             if split != "test":  # MUSES withholds test labels
-                save(d("gt_semantic") / f"{fid}_gt_labelTrainIds.png", raw, "L")
+                save(root / "gt_semantic" / where / f"{fid}_gt_labelTrainIds.png", raw, "L")
     return root
 
 
@@ -379,13 +381,18 @@ def test_check_dataset_report_and_cli(deliver_root, capsys):
     assert report.splits["train"].labels_read == 3
     assert main([str(deliver_root), "--dataset", "deliver"]) == 0
     assert "No problems found." in capsys.readouterr().out
+    from workbench.cli import main as cli_main  # `python -m workbench data check ROOT --dataset NAME`
+
+    assert cli_main(["data", "check", str(deliver_root), "--dataset", "deliver", "--split", "val"]) == 0
+    assert "val: 3 samples, 3 complete" in capsys.readouterr().out
 
     (deliver_root / "lidar/fog/val/MAP_3_point7/000200_lidar_front.png").unlink()
     bad = np.zeros((16, 20, 3), np.uint8)
     bad[0, 0, 0] = 40  # not a DeLiVER class
     save(deliver_root / "semantic/cloud/train/MAP_1_point10/000050_semantic_front.png", bad)
     report = check_dataset(deliver_root, "deliver", splits=["train", "val"], max_labels=2)
-    assert not report.ok and report.splits["val"].missing == {"lidar": ["lidar/fog/val/MAP_3_point7/000200_lidar_front.png"]}
+    assert not report.ok
+    assert report.splits["val"].missing == {"lidar": ["lidar/fog/val/MAP_3_point7/000200_lidar_front.png"]}
     assert report.splits["val"].complete == 2 and report.splits["train"].labels_read == 2
     assert main([str(deliver_root), "--dataset", "deliver", "--split", "train", "--split", "val"]) == 1
     out = capsys.readouterr().out

@@ -21,6 +21,7 @@ from workbench.data.real import Problem, RealDataset, examples, loaders, read_la
 
 DEFAULT_SPLITS = {"deliver": ("train", "val", "test"), "muses": ("train", "val"), "mcubes": ("train", "val")}
 COUNTED = ("condition", "daytime", "case")  # metadata fields counted per split, where a dataset has them
+RELEASE_SIZES = {("deliver", "val"): 2005}  # split sizes docs/DATASETS.md states, shown next to the count
 
 
 @dataclass
@@ -49,7 +50,9 @@ class DataReport:
     def __str__(self) -> str:
         lines = [f"{self.dataset} at {self.root} (modalities: {', '.join(self.modalities)})"]
         for s in self.splits.values():
-            lines.append(f"  {s.split}: {s.samples} samples, {s.complete} complete")
+            release = RELEASE_SIZES.get((self.dataset, s.split))
+            note = f" (the full release has {release:,})" if release and release != s.samples else ""
+            lines.append(f"  {s.split}: {s.samples} samples, {s.complete} complete{note}")
             for key, counts in s.counts.items():
                 lines.append(f"    {key}: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items())))
             for key, names in s.missing.items():
@@ -67,7 +70,7 @@ class DataReport:
 
 def _label_values(cls: type[RealDataset], split: str, records, max_labels: int | None,
                   report: SplitReport, problems: list[Problem]) -> None:
-    records = [r for r in records if "label" in r.files]
+    records = [r for r in records if "label" in r.files and r.files["label"][0].is_file()]
     if max_labels is not None and len(records) > max_labels:
         step = len(records) / max_labels  # spread over the split, not its first folder
         records = [records[int(i * step)] for i in range(max_labels)]
@@ -125,7 +128,7 @@ def check_dataset(root, name: str, splits=None, modalities=None, depth_source: s
         for problem in scan.problems:
             if all(str(problem) != str(p) for p in report.problems):  # a missing folder hits every split
                 report.problems.append(problem)
-        _label_values(cls, split, scan.records, max_labels, split_report, report.problems)
+        _label_values(cls, split, listed, max_labels, split_report, report.problems)
         report.splits[split] = split_report
     return report
 

@@ -74,6 +74,7 @@ class DeliverDataset(RealDataset):
 
     @classmethod
     def raw_label_ok(cls, values: torch.Tensor) -> torch.Tensor:
+        """Raw 0 (unlabelled), 1..25 (the classes) and 255."""
         return (values == IGNORE_INDEX) | ((values >= 0) & (values <= len(CLASSES)))
 
     @classmethod
@@ -117,15 +118,15 @@ class DeliverDataset(RealDataset):
             if (root / name).is_dir():
                 checked.append(key)
                 continue
-            fix = (f"extract DeLiVER's {name} archive into {root} beside img/"
-                   + (f", or leave {key} out of the modalities" if key != "label" else ""))
+            advice = (f"extract DeLiVER's {name} archive into {root} beside img/"
+                      + (f", or leave {key} out of the modalities" if key != "label" else ""))
             if key == "depth":
                 other = DEPTH_SOURCES[1 - DEPTH_SOURCES.index(depth_source)]
                 if (root / other).is_dir():
-                    fix += f", or read depth from the {other}/ folder that is there (depth_source={other!r})"
+                    advice += f", or read depth from the {other}/ folder that is there (depth_source={other!r})"
             scan.problems.append(Problem(
                 f"{name}/ folder missing: {key} is read from {root}/{name}/<condition>/<split>/MAP_*/"
-                f"<id>{SUFFIX[key]}_front.png", fix))
+                f"<id>{SUFFIX[key]}_front.png", advice))
 
         listed = []
         for rel in rels:
@@ -142,7 +143,8 @@ class DeliverDataset(RealDataset):
             return (f"restore the missing {folder(key, depth_source)}/ files (every img/ file needs one, named with "
                     f"{SUFFIX[key]} in place of _rgb), or delete the samples' img/ files to drop them")
 
-        return split_by_completeness(root, split, listed, checked, fix, scan)
+        absent = [k for k in keys if k not in checked]
+        return split_by_completeness(root, split, listed, checked, absent, fix, scan)
 
     def read(self, record: Record) -> dict:
         out = {m: three_channels(read_image(record.files[m][0])) for m in self.modalities}

@@ -110,7 +110,8 @@ class MCubeSDataset(RealDataset):
         def fix(key: str) -> str:
             return (f"restore the missing {key} files, or remove their names from list_folder/{LIST_FILE[split]}")
 
-        return split_by_completeness(root, split, listed, checked, fix, scan)
+        absent = [k for k in keys if k not in checked]
+        return split_by_completeness(root, split, listed, checked, absent, fix, scan)
 
     def read(self, record: Record) -> dict:
         out = {}

@@ -138,7 +138,8 @@ class MusesDataset(RealDataset):
                     f"<id>{suffix}.png in the same <split>/<weather>/<daytime>/ folder), or remove those "
                     f"frame_camera images")
 
-        return split_by_completeness(root, split, listed, checked, fix, scan)
+        absent = [k for k in (*modalities, "label") if k not in checked]
+        return split_by_completeness(root, split, listed, checked, absent, fix, scan)
 
     def read(self, record: Record) -> dict:
         out = {m: three_channels(read_image(record.files[m][0])) for m in self.modalities}

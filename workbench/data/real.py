@@ -117,11 +117,13 @@ def examples(names: Sequence[str], k: int = 3) -> str:
     return shown + (f" and {len(names) - k} more" if len(names) > k else "")
 
 
-def split_by_completeness(root: Path, split: str, listed: list[Record], keys: Sequence[str],
+def split_by_completeness(root: Path, split: str, listed: list[Record], keys: Sequence[str], absent: Sequence[str],
                           fix: Callable[[str], str], scan: Scan) -> Scan:
-    """Check that every file of `keys` exists (one stat per file); fill `scan` and one problem per key."""
+    """Sort `listed` into complete and incomplete samples with one stat per file of `keys`, and add one
+    problem per key with missing files. Keys in `absent` (whose whole folder is missing, already a
+    problem) are not statted, but no sample can be complete without them."""
     for record in listed:
-        complete = True
+        complete = not absent
         for key in keys:
             for path in record.files[key]:
                 if not path.is_file():
