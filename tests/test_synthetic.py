@@ -80,7 +80,9 @@ def test_complementary_evidence_by_design():
             m = s["label"] == c
             if m.sum() > 20:
                 rgb[c].append(s["rgb"][:, m].mean(1))
-                height[c].append(s["depth"][1][m].mean())
+                hit = m & (s["lidar"][0] > 0)
+                if hit.sum() > 3:
+                    height[c].append(s["lidar"][2][hit].mean())
         for c in events:
             m = s["label"] == c
             if m.sum() > 20:

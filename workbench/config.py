@@ -37,7 +37,7 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 class DataConfig:
     dataset: str = "synthetic"  # synthetic | deliver | muses | mcubes
     root: str | None = None  # real datasets only
-    modalities: tuple[str, ...] = MODALITIES_DELIVER
+    modalities: tuple[str, ...] = ()  # empty: the dataset's own set (DeLiVER/synthetic: rgb,depth,event,lidar)
     size: int = 64  # training crop (and synthetic render) side in pixels
     eval_size: int | None = None  # short side at evaluation; None = same as `size`
     train_samples: int = 512  # synthetic only: samples per split
@@ -47,13 +47,11 @@ class DataConfig:
     num_workers: int = 0  # 0 keeps CPU runs deterministic and light
     augment: bool = True
     depth_source: str = "hha"  # DeLiVER: hha (reference loader) or depth (raw folder)
-    case: str | None = None  # DeLiVER case filter: a condition or sensor-failure case
+    case: str | None = None  # DeLiVER/MUSES filter: a condition or sensor-failure case (MCubeS has none)
     synthetic_seed: int = 0  # the synthetic world's seed, independent of the training seed
 
     def validate(self) -> None:
         _choice("data.dataset", self.dataset, ("synthetic", "deliver", "muses", "mcubes"))
-        if not self.modalities:
-            raise ConfigError("data.modalities is empty; give at least one modality, e.g. rgb,depth")
         if len(set(self.modalities)) != len(self.modalities):
             raise ConfigError(f"data.modalities={self.modalities!r} repeats a modality")
         for key in ("size", "train_samples", "val_samples", "test_samples", "batch_size"):
@@ -217,6 +215,10 @@ class Config:
         for k in ("device", "val_every", "ckpt_every"):
             d["train"].pop(k)
         d["data"].pop("num_workers")
+        if self.data.dataset == "synthetic":  # regenerated data must not hit an old cache
+            from workbench.data.synthetic import VERSION
+
+            d["data"]["synthetic_version"] = VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

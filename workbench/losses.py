@@ -28,6 +28,7 @@ and stages are looped over.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -135,9 +136,12 @@ def resize_labels(labels: Tensor, size: int | Sequence[int]) -> Tensor:
 def _onehot(labels: Tensor, size: Sequence[int], num_classes: int, ignore_index: int) -> Tensor:
     """(B, h*w, K) float class indicator of the resized labels; rows of unlabelled pixels are zero.
     Labels outside 0..K-1 count as unlabelled, and so does `ignore_index` even inside that range."""
-    lab = resize_labels(labels, size).flatten(1).long()  # (B, N)
-    lab = lab.masked_fill(lab == ignore_index, -1)
-    return (lab[..., None] == torch.arange(num_classes, device=lab.device)).float()
+    if tuple(labels.shape[-2:]) != tuple(size):  # `resize_labels`, kept in float (labels are exact in fp32)
+        labels = F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0]
+    classes = torch.arange(num_classes, device=labels.device)
+    if 0 <= ignore_index < num_classes:
+        classes[ignore_index] = -1
+    return (labels.flatten(1)[..., None] == classes).float()  # (B, N, K)
 
 
 def _prototypes(features: Tensor, onehot: Tensor) -> tuple[Tensor, Tensor]:
@@ -164,25 +168,38 @@ def _center(features: Tensor, onehot: Tensor, protos: Tensor) -> Tensor:
     return cfm.reshape(features.shape)
 
 
-def _ifv(features: Tensor, onehot: Tensor, eps: float) -> Tensor:
-    """IFV map without building the CFM: features (B, *, C, h, w), onehot (B, N, K) -> (B, *, h, w).
+def _ifv_parts(features: Tensor, onehot: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """The IFV map's ingredients without building the CFM: features (B, *, C, h, w), onehot (B, N, K) ->
+    (f_j . s_c / max(|s_c|, eps) with c = l'_j, |f_j|^2), each (B, *, h*w).
 
-    Same formula as `F.cosine_similarity(f, CFM, dim=C)` (x / max(|x|, eps) . y / max(|y|, eps)):
-    at a labelled pixel f_j . p_c / (max(|f_j|, eps) max(|p_c|, eps)), read from the (N, K) matrix of
-    all dot products f_j . p_c (one matmul); at an ignored pixel cos(f_j, f_j)."""
+    s_c = sum_j f_j [l'_j = c] is n_c p_c, so s_c / |s_c| = p_c / |p_c|: the prototype's direction is
+    all the cosine needs (eps applies to the class sum; it only matters for all-zero features).
+    One matmul gives the dot products of every pixel with every class direction."""
     b, c, n = features.shape[0], features.shape[-3], onehot.shape[1]
-    protos, _ = _prototypes(features, onehot)  # (B, *, K, C)
     with _no_autocast(features.device):
-        f = _f32(features).reshape(b, -1, c, n)  # (B, L, C, N)
-        oh = onehot.to(f.dtype)[:, None]  # (B, 1, N, K)
-        p = protos.reshape(b, f.shape[1], -1, c)  # (B, L, K, C)
-        # max(|x|, eps) as sqrt(max(|x|^2, eps^2)): finite gradient at zero rows (absent classes)
-        fn = f.square().sum(2).clamp_min(eps * eps).sqrt()  # (B, L, N)
-        p = p / p.square().sum(-1, keepdim=True).clamp_min(eps * eps).sqrt()
-        own = (torch.matmul(f.transpose(-1, -2), p.transpose(-1, -2)) * oh).sum(-1) / fn  # (B, L, N)
-        self_cos = (f / fn[:, :, None]).square().sum(2)  # cos(f_j, f_j): 1 unless |f_j| < eps
-        out = torch.where(oh.sum(-1) > 0, own, self_cos)
-    return out.reshape(*features.shape[:-3], *features.shape[-2:])
+        f = _f32(features).reshape(b, -1, n)  # (B, L*C, N)
+        sums = torch.bmm(f, onehot.to(f.dtype)).unflatten(1, (-1, c))  # (B, L, C, K)
+        unit = sums * sums.square().sum(2, keepdim=True).clamp_min(eps * eps).rsqrt()
+        f = f.unflatten(1, (-1, c))  # (B, L, C, N)
+        own = (f.transpose(-1, -2) @ unit * onehot[:, None]).sum(-1)  # (B, L, N)
+        fsq = f.square().sum(2)
+    shape = (*features.shape[:-3], n)
+    return own.reshape(shape), fsq.reshape(shape)
+
+
+def _ifv_finish(own: Tensor, fsq: Tensor, labelled: Tensor, eps: float) -> Tensor:
+    """IFV map from `_ifv_parts`: F.cosine_similarity's formula x.y / (max(|x|, eps) max(|y|, eps)) at
+    labelled pixels; at ignored ones cos(f_j, f_j) (1 unless |f_j| < eps; zero gradient, so detached)."""
+    inv = fsq.clamp_min(eps * eps).rsqrt()  # 1 / max(|f_j|, eps)
+    return torch.where(labelled, own * inv, (fsq * inv.square()).detach())
+
+
+def _ifv(features: Tensor, onehot: Tensor, eps: float) -> Tensor:
+    """IFV map: features (B, *, C, h, w), onehot (B, N, K) -> flat (B, *, h*w)."""
+    own, fsq = _ifv_parts(features, onehot, eps)
+    labelled = (onehot.sum(-1) > 0).reshape(onehot.shape[0], *[1] * (own.dim() - 2), -1)
+    with _no_autocast(own.device):
+        return _ifv_finish(own, fsq, labelled, eps)
 
 
 def class_prototypes(features: Tensor, labels: Tensor, num_classes: int,
@@ -208,11 +225,38 @@ def ifv_map(features: Tensor, labels: Tensor, num_classes: int, ignore_index: in
     """IFV map M_j = cos(f_j, CFM_j) over channels (1 at ignored pixels; 0 for an all-zero feature).
 
     features (B, C, h, w) -> (B, h, w); a stack (B, M, C, h, w) -> (B, M, h, w)."""
-    return _ifv(features, _onehot(labels, features.shape[-2:], num_classes, ignore_index), eps)
+    return _ifv(features, _onehot(labels, features.shape[-2:], num_classes, ignore_index), eps).unflatten(
+        -1, features.shape[-2:])
 
 
 # ----------------------------------------------------------------------------------------------
 # Divergences
+
+@functools.lru_cache(maxsize=64)
+def _segments(widths: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(sum widths, S) 0/1 matrix: element c of a concatenation of S segments belongs to segment s.
+    `x @ seg` sums each segment (deterministic, unlike scatter_add on CUDA); cached per shape."""
+    owner = torch.cat([torch.full((w,), s, dtype=torch.long) for s, w in enumerate(widths)]).to(device)
+    return (owner[:, None] == torch.arange(len(widths), device=device)).to(dtype)
+
+
+def _stage_divergence(s: Tensor, t: Tensor, sizes: Sequence[tuple[int, int]], kind: str, tau: float) -> Tensor:
+    """`ifv_divergence` of maps of several stages, flattened and concatenated on the last axis:
+    s, t (..., sum h_i*w_i) -> (..., S). The stage loop only slices; the arithmetic runs once."""
+    n = [h * w for h, w in sizes]
+    seg = _segments(tuple(n), s.device, s.dtype)  # (sum n_i, S)
+    if kind == "mse":
+        return (s - t).square() @ seg / seg.sum(0)
+
+    def log_softmax(x: Tensor) -> Tensor:  # per stage, over all positions or along the width
+        parts = x.split(n, -1)
+        if kind == "kl_spatial":
+            return torch.cat([q.log_softmax(-1) for q in parts], -1)
+        return torch.cat([q.unflatten(-1, hw).log_softmax(-1).flatten(-2) for q, hw in zip(parts, sizes)], -1)
+
+    log_q, log_p = log_softmax(torch.stack([s, t]) / tau).unbind(0)
+    return (log_p.exp() * (log_p - log_q)) @ seg * (tau * tau)
+
 
 def ifv_divergence(student_map: Tensor, teacher_map: Tensor, kind: str = "kl_spatial",
                    temperature: float = 2.0) -> Tensor:
@@ -225,13 +269,7 @@ def ifv_divergence(student_map: Tensor, teacher_map: Tensor, kind: str = "kl_spa
     _choice("kind", kind, IFV_DIVERGENCES)
     with _no_autocast(student_map.device):
         s, t = _f32(student_map), _f32(teacher_map)
-        if kind == "mse":
-            return (s - t).pow(2).mean((-2, -1))
-        if kind == "kl_spatial":
-            s, t = s.flatten(-2), t.flatten(-2)
-        tau = temperature
-        kl = F.kl_div(F.log_softmax(s / tau, -1), F.log_softmax(t / tau, -1), reduction="none", log_target=True)
-        return kl.sum((-2, -1) if kind == "kl_width" else -1) * tau * tau
+        return _stage_divergence(s.flatten(-2), t.flatten(-2), [tuple(s.shape[-2:])], kind, temperature)[..., 0]
 
 
 def _proto_div(p_s: Tensor, p_t: Tensor, present: Tensor, seg: Tensor, kind: str, tau: float,
@@ -248,16 +286,11 @@ def _proto_div(p_s: Tensor, p_t: Tensor, present: Tensor, seg: Tensor, kind: str
     # a segment with no present class keeps every class and is zeroed at the end.
     live = present | (n == 0)[..., None]
     mask = (live.transpose(-1, -2).to(seg.dtype) @ seg.T) > 0  # (..., K, C)
-    log_q = F.log_softmax((p_s / tau).masked_fill(~mask, -math.inf), dim=-2).masked_fill(~mask, 0.0)
-    log_p = F.log_softmax((p_t / tau).masked_fill(~mask, -math.inf), dim=-2).masked_fill(~mask, 0.0)
+    s, t = (p_s, p_t) if tau == 1 else (p_s / tau, p_t / tau)
+    log_q = F.log_softmax(s.masked_fill(~mask, -math.inf), dim=-2).masked_fill(~mask, 0.0)
+    log_p = F.log_softmax(t.masked_fill(~mask, -math.inf), dim=-2).masked_fill(~mask, 0.0)
     kl = (log_p.exp() * (log_p - log_q)).sum(-2) @ seg  # (..., S); absent terms are exp(0) * (0 - 0)
     return kl * (n > 0) / (n * seg.sum(0)).clamp(min=1) * (tau * tau)
-
-
-def _segments(widths: Sequence[int], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """(sum widths, S) 0/1 matrix: channel c belongs to segment s."""
-    stage_of_channel = torch.tensor([s for s, w in enumerate(widths) for _ in range(w)], device=device)
-    return (stage_of_channel[:, None] == torch.arange(len(widths), device=device)).to(dtype)
 
 
 def prototype_divergence(p_s: Tensor, p_t: Tensor, present: Tensor, kind: str = "kl_class",
@@ -426,17 +459,20 @@ def cpd_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, n
             p, present = p / onehot.sum(1).clamp(min=1)[:, None, :, None], torch.ones_like(present)
         protos.append(p)
         presents.append(present)
+    # The pairs that count: the student modality pi(m) was received (one host sync for the index list).
+    sel = received.bool().gather(1, pairs) if received is not None else torch.ones_like(pairs, dtype=torch.bool)
+    bi, mi = sel.nonzero(as_tuple=True)  # (P,) each
+    if bi.numel() == 0:  # nothing counts: 0, still attached to the student's graph
+        return sum(p.sum() for p in protos) * 0.0
     with _no_autocast(protos[0].device):
         # Stages side by side along the channel axis: one divergence pass, reduced per stage by `seg`.
-        p = torch.cat(protos, -1)  # (B, 2M, K, sum C_i)
-        seg = _segments([q.shape[-1] for q in protos], p.device, p.dtype)
-        present = torch.stack(presents, 1)  # (B, S, K)
-        ps = p[:, :m].gather(1, pairs[:, :, None, None].expand(b, m, *p.shape[2:]))  # slot m: student pi(m)
-        d = _proto_div(ps, p[:, m:], present[:, None], seg, kind, temperature, eps)  # (B, M, S)
-        w = present.any(-1)[:, None, :]  # (B, 1, S): the sample has a labelled class at that stage
-        if received is not None:
-            w = w & received.bool().gather(1, pairs)[:, :, None]
-        w = w.expand_as(d)
+        p = torch.cat(protos, -1).flatten(0, 1)  # (B * 2M, K, sum C_i): student then teacher modalities
+        seg = _segments(tuple(q.shape[-1] for q in protos), p.device, p.dtype)
+        ps = p.index_select(0, bi * (2 * m) + pairs[bi, mi])  # (P, K, sum C): student modality pi(m)
+        pt = p.index_select(0, bi * (2 * m) + m + mi)  # teacher modality m
+        present = torch.stack(presents, 1).index_select(0, bi)  # (P, S, K)
+        d = _proto_div(ps, pt, present, seg, kind, temperature, eps)  # (P, S)
+        w = present.any(-1)  # the sample has a labelled class at that stage
         return (d * w).sum() / w.sum().clamp(min=1)
 
 
@@ -461,15 +497,25 @@ def ifv_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, n
                          f"modalities ({', '.join(names)})")
     src = pairs if pairs is not None else torch.arange(len(names), device=sel.device).expand_as(sel)
     # Only the selected (sample, slot) pairs are computed: one host sync for their index list.
-    bi, mi = sel.gather(1, src).nonzero(as_tuple=True)
+    bi, mi = sel.gather(1, src).nonzero(as_tuple=True)  # (P,) each
     if bi.numel() == 0:  # nothing selected: 0, still attached to the student's graph
         return sum(student_feats[n][i].sum() for n in names for i in stages) * 0.0
-    rows = torch.stack([src[bi, mi], mi + len(names)], 1)  # (P, 2): student pi(m), teacher m in `both`
-    lab = labels[bi]
-    total = 0.0
-    for i in stages:
+    m = len(names)
+    # Rows of the (B * 2M) stack of student then teacher modalities: student pi(m), teacher m per pair.
+    rows = (bi[:, None] * (2 * m) + torch.stack([src[bi, mi], mi + m], 1)).flatten()  # (2P,)
+    lab = labels.index_select(0, bi)
+    own, fsq, labelled, sizes = [], [], [], []
+    for i in stages:  # per stage: the dot products; everything after runs once on all stages
         ft = [teacher_feats[n][i].detach() if detach_target else teacher_feats[n][i] for n in names]
         both = torch.stack([student_feats[n][i] for n in names] + ft, 1)  # (B, 2M, C, h, w)
-        maps = _ifv(both[bi[:, None], rows], _onehot(lab, both.shape[-2:], num_classes, ignore_index), eps)
-        total = total + ifv_divergence(maps[:, 0], maps[:, 1], kind, temperature).sum()  # maps (P, 2, h, w)
-    return total / (bi.numel() * len(stages))
+        pair = both.flatten(0, 1).index_select(0, rows).unflatten(0, (-1, 2))  # (P, 2, C, h, w)
+        onehot = _onehot(lab, both.shape[-2:], num_classes, ignore_index)  # (P, N_i, K)
+        o, q = _ifv_parts(pair, onehot, eps)  # (P, 2, N_i): student, teacher
+        own.append(o)
+        fsq.append(q)
+        labelled.append(onehot.sum(-1) > 0)
+        sizes.append(tuple(both.shape[-2:]))
+    with _no_autocast(lab.device):
+        maps = _ifv_finish(torch.cat(own, -1), torch.cat(fsq, -1), torch.cat(labelled, -1)[:, None], eps)
+        d = _stage_divergence(maps[:, 0], maps[:, 1], sizes, kind, temperature)  # (P, S)
+    return d.sum() / d.numel()

@@ -184,65 +184,66 @@ def _leaves(student: Features) -> list[torch.Tensor]:
     return [t for stages in student.values() for t in stages]
 
 
-def _with_grad(student: Features) -> dict:
-    return {n: [t.detach().clone().requires_grad_(True) for t in stages] for n, stages in student.items()}
-
-
 def cases(x: dict) -> dict[str, tuple[Callable, Callable, bool]]:
-    """name -> (vectorized(student), loop(student), differentiable); each returns the values to compare."""
+    """name -> (vectorized(student), loop(student), differentiable); each returns a tuple of tensors."""
     t, lab, k = x["teacher"], x["labels"], x["classes"]
     names = list(t)
-
-    def protos_vec(s):
-        return torch.cat([class_prototypes(torch.stack([s[n][i] for n in names], 1), lab, k)[0].flatten()
-                          for i in range(4)])
-
-    def protos_loop(s):
-        return torch.cat([torch.stack([loop_class_prototypes(s[n][i], lab, k)[0] for n in names], 1).flatten()
-                          for i in range(4)])
-
-    def asm_vec(s):
-        sim = asm_similarity(s, x["fused"])
-        return torch.cat([sim.flatten(), asm_primary(sim).flatten().to(sim.dtype)])
-
-    def asm_loop(s):
-        sim = loop_asm_similarity(s, x["fused"])
-        return torch.cat([sim.flatten(), asm_primary(sim).flatten().to(sim.dtype)])
-
     return {
-        "prototypes": (protos_vec, protos_loop, True),
-        "cpd": (lambda s: cpd_loss(s, t, lab, k, x["pairs"], received=x["received"]),
-                lambda s: loop_cpd_loss(s, t, lab, k, x["pairs"], received=x["received"]), True),
-        "ifv": (lambda s: ifv_loss(s, t, lab, k, x["mask"]), lambda s: loop_ifv_loss(s, t, lab, k, x["mask"]), True),
-        "asm": (asm_vec, asm_loop, False),
+        "prototypes": (
+            lambda s: tuple(class_prototypes(torch.stack([s[n][i] for n in names], 1), lab, k)[0] for i in range(4)),
+            lambda s: tuple(torch.stack([loop_class_prototypes(s[n][i], lab, k)[0] for n in names], 1)
+                            for i in range(4)),
+            True),
+        "cpd": (lambda s: (cpd_loss(s, t, lab, k, x["pairs"], received=x["received"]),),
+                lambda s: (loop_cpd_loss(s, t, lab, k, x["pairs"], received=x["received"]),), True),
+        "ifv": (lambda s: (ifv_loss(s, t, lab, k, x["mask"]),),
+                lambda s: (loop_ifv_loss(s, t, lab, k, x["mask"]),), True),
+        "asm": (lambda s: (asm_primary(asm_similarity(s, x["fused"])),),
+                lambda s: (asm_primary(loop_asm_similarity(s, x["fused"])),), False),
     }
 
 
-def _run(fn: Callable, student: Features, differentiable: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    s = _with_grad(student) if differentiable else student
-    out = fn(s)
-    grads = []
-    if differentiable:  # a fixed random projection, so every output element reaches the gradient
-        w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
-        (out * w).sum().backward()
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in _leaves(s)]
-    return out.detach(), grads
+class _Runner:
+    """Calls one implementation on fixed inputs: forward, and backward (into fresh .grad) when
+    differentiable, seeded with fixed output gradients so that no extra op enters the timing."""
+
+    def __init__(self, fn: Callable, student: Features, differentiable: bool):
+        self.fn, self.differentiable = fn, differentiable
+        self.student = {n: [t.detach().clone().requires_grad_(differentiable) for t in stages]
+                        for n, stages in student.items()}
+        self.leaves = _leaves(self.student)
+        self.seeds = []
+        if differentiable:
+            with torch.no_grad():
+                out = fn(self.student)
+            self.seeds = [torch.linspace(-1, 1, o.numel(), dtype=o.dtype).reshape(o.shape) if o.dim()
+                          else torch.ones_like(o) for o in out]
+
+    def __call__(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        for leaf in self.leaves:
+            leaf.grad = None
+        out = self.fn(self.student)
+        if not self.differentiable:
+            return [o.detach() for o in out], []
+        torch.autograd.backward(out, self.seeds)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.leaves]
+        return [o.detach() for o in out], grads
 
 
-def _best_time(fn: Callable, student: Features, differentiable: bool, repeats: int) -> float:
-    _run(fn, student, differentiable)  # warm-up
+def _best_time(run: _Runner, repeats: int) -> float:
+    run()  # warm-up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        _run(fn, student, differentiable)
+        run()
         times.append(time.perf_counter() - t0)
     return min(times)
 
 
 def _same(a: tuple, b: tuple) -> tuple[bool, float]:
-    pairs = [(a[0], b[0])] + list(zip(a[1], b[1]))
-    diff = max(float((u - v).abs().max()) if u.numel() else 0.0 for u, v in pairs)
-    return all(torch.allclose(u, v, rtol=1e-9, atol=1e-10) for u, v in pairs), diff
+    pairs = list(zip(a[0], b[0])) + list(zip(a[1], b[1]))
+    diff = max(float((u.double() - v.double()).abs().max()) if u.numel() else 0.0 for u, v in pairs)
+    return all(torch.allclose(u.double(), v.double(), rtol=1e-9, atol=1e-10) for u, v in pairs), diff
 
 
 def main(argv: list[str]) -> int:
@@ -261,10 +262,10 @@ def main(argv: list[str]) -> int:
         x32 = make_inputs(PRESETS[preset], torch.float32)
         checks, timed = cases(x64), cases(x32)
         for case, (vec, loop, diff_able) in timed.items():
-            ok, diff = _same(_run(checks[case][0], x64["student"], diff_able),
-                             _run(checks[case][1], x64["student"], diff_able))
-            t_vec = _best_time(vec, x32["student"], diff_able, args.repeats)
-            t_loop = _best_time(loop, x32["student"], diff_able, args.repeats)
+            ok, diff = _same(_Runner(checks[case][0], x64["student"], diff_able)(),
+                             _Runner(checks[case][1], x64["student"], diff_able)())
+            t_vec = _best_time(_Runner(vec, x32["student"], diff_able), args.repeats)
+            t_loop = _best_time(_Runner(loop, x32["student"], diff_able), args.repeats)
             key = f"{preset}/{case}"
             speedup[key] = round(t_loop / t_vec, 1)
             identical &= ok

@@ -60,9 +60,9 @@ def dataset_from_config(data_cfg, split: str, augment: bool | None = None, aug_s
     if data_cfg.dataset == "synthetic":
         n = {"train": data_cfg.train_samples, "val": data_cfg.val_samples, "test": data_cfg.test_samples}[split]
         return build_dataset("synthetic", split, size=data_cfg.size, num_samples=n, seed=data_cfg.synthetic_seed,
-                             modalities=data_cfg.modalities, augment=data_cfg.augment if augment is None else augment,
+                             modalities=data_cfg.modalities or None, augment=data_cfg.augment if augment is None else augment,
                              eval_size=data_cfg.eval_size, aug_seed=aug_seed)
-    return build_dataset(data_cfg.dataset, split, root=data_cfg.root, modalities=data_cfg.modalities,
+    return build_dataset(data_cfg.dataset, split, root=data_cfg.root, modalities=data_cfg.modalities or None,
                          size=data_cfg.size, augment=data_cfg.augment if augment is None else augment,
                          eval_size=data_cfg.eval_size, depth_source=data_cfg.depth_source, case=data_cfg.case,
                          aug_seed=aug_seed)

@@ -6,7 +6,8 @@ surface orientation, a reflectivity and an image-plane motion. The four modaliti
 from those buffers the way their sensors would see them:
 
 - `rgb`   colour and texture per class, then the weather/lighting condition and the camera failures.
-- `depth` an HHA-like 3-channel encoding: disparity, height above ground, "normal points up".
+- `depth` a noisy depth camera: disparity (2 m / depth, 0 for sky) with multiplicative noise and
+          missing pixels, one channel repeated to 3 (as DeLiVER's loader does with 1-channel images).
 - `event` polarity events from the brightness change along the motion field (ego-motion + moving
           objects): positive, negative, and their sum.
 - `lidar` sparse scan lines: disparity, reflectivity and height, zero where there is no return.
@@ -21,6 +22,8 @@ what makes a full-modality model lean on RGB (the modality bias). Every sample i
 from __future__ import annotations
 
 import numpy as np
+
+VERSION = 2  # bump when rendering changes: cached runs are keyed by it
 
 CLASSES = (
     "road", "sidewalk", "building", "vegetation", "terrain", "sky",
@@ -287,7 +290,7 @@ class SceneRenderer:
             lidar_disp = np.where(spurious, rng.uniform(0.5, 1.0, (s, s)), lidar_disp)
             hit |= spurious
         elif condition == "night":
-            lamp = 0.12 + 0.25 * np.exp(-((c.xx - cx) ** 2) / 0.02)[..., None] * (c.yy > horizon)[..., None]
+            lamp = 0.3 + 0.3 * np.exp(-((c.xx - cx) ** 2) / 0.02)[..., None] * (c.yy > horizon)[..., None]
             rgb = rgb * lamp + rng.standard_normal(rgb.shape).astype(np.float32) * 0.03
         elif condition == "rain":
             rgb = rgb * 0.75
@@ -322,7 +325,9 @@ class SceneRenderer:
             event[:hs, :hs] = np.repeat(np.repeat(lo, f, 0), f, 1)
 
         lidar = np.stack([lidar_disp, refl, lidar_h], -1) * hit[..., None]
-        depth = np.stack([disparity, height, c.up], -1) + rng.standard_normal((s, s, 1)).astype(np.float32) * 0.01
+        noisy = disparity * (1 + 0.08 * rng.standard_normal((s, s)).astype(np.float32))
+        noisy = noisy * (rng.random((s, s)) > 0.05)  # missing measurements
+        depth = np.repeat(noisy[..., None], 3, -1)
         out = {
             "rgb": np.clip(rgb, 0, 1),
             "depth": np.clip(depth, 0, 1),
@@ -342,10 +347,10 @@ def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
 def render_sample(seed: int, split: str, index: int, size: int, condition: str | None = None,
                   case: str | None = "auto") -> dict:
     """Render sample `index` of `split`. Condition and case are drawn from the sample's generator
-    (uniform condition; a failure case with probability 1/2) unless given explicitly."""
+    (uniform condition; a failure case with probability 0.3) unless given explicitly."""
     rng = sample_rng(seed, split, index)
     drawn_condition = CONDITIONS[rng.integers(len(CONDITIONS))]
-    drawn_case = CASES[rng.integers(len(CASES))] if rng.random() < 0.5 else None
+    drawn_case = CASES[rng.integers(len(CASES))] if rng.random() < 0.3 else None
     condition = condition or drawn_condition
     case = drawn_case if case == "auto" else case
     out = SceneRenderer(size).render(rng, condition, case)

@@ -1,0 +1,118 @@
+"""Studies built on the pipeline: train-or-reuse + evaluate a preset, and the paper's ablation over seeds.
+
+`evaluate_preset` caches its all-combination results as JSON beside the checkpoint, so notebooks and
+the `ablate` command share every trained model and every evaluation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+from workbench import pipeline
+from workbench.config import METHODS, apply_overrides, preset
+from workbench.evaluate import CombinationResults, combo_name, evaluate_checkpoint
+from workbench.paths import figures_dir
+
+# The paper's ablation (MiT-B0, DeLiVER; EMM / full modality), METHOD.md.
+PAPER_ABLATION = {
+    "baseline": (39.36, 61.92), "basic_kd": (46.42, 61.34), "ifv_single": (47.51, 59.71),
+    "ifv_cross": (43.42, 53.38), "cpd": (49.06, 60.11), "ifv_cpd": (48.63, 61.11), "hpd": (49.10, 61.26),
+    "robustseg": (49.91, 61.85), "anyseg": (47.51, 59.41),
+}
+ABLATION_ORDER = ("baseline", "basic_kd", "ifv_single", "ifv_cross", "cpd", "ifv_cpd", "hpd", "robustseg", "anyseg")
+
+
+def config_for(method: str, profile: str, seed: int = 0, overrides=None):
+    cfg = preset(method, profile)
+    return apply_overrides(cfg, {"train.seed": seed, **_as_dict(overrides)})
+
+
+def _as_dict(overrides) -> dict:
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    return dict(o.split("=", 1) for o in overrides)
+
+
+def evaluate_preset(method: str, profile: str, seed: int = 0, overrides=None, split: str = "test",
+                    which: str = "model", progress: bool = True) -> tuple[CombinationResults, Path]:
+    """Train (or reuse) `method` at `profile`/`seed` and evaluate every combination, both protocols.
+    For a distillation run, `which="teacher"` evaluates its (feedback-updated) teacher."""
+    cfg = config_for(method, profile, seed, overrides)
+    result = pipeline.run(cfg, progress=progress)
+    cache = result.run_dir / f"combos_{split}_{which}.state.json"
+    if cache.exists():
+        return CombinationResults.from_state(json.loads(cache.read_text())), result.checkpoint
+    res = evaluate_checkpoint(result.checkpoint, split=split, which=which, progress=progress)
+    cache.write_text(json.dumps(res.state()))
+    return res, result.checkpoint
+
+
+def _summary(res: CombinationResults, protocol: str) -> dict:
+    worst_c, worst = res.worst(protocol)
+    return {"emm": res.emm(protocol), "full": res.full(protocol), "worst": worst, "worst_combo": combo_name(worst_c),
+            "no_rgb": res.miou(protocol, tuple(m for m in res.modalities if m != "rgb"))
+            if "rgb" in res.modalities and len(res.modalities) > 1 else float("nan"),
+            "p0.1": res.expected(protocol, 0.1)}
+
+
+def run_ablation(profile: str = "quick", seeds=(0, 1, 2), methods=None, overrides=None, out=None,
+                 split: str = "test", progress: bool = True) -> list[dict]:
+    """Every ablation row x seed: per-seed rows and a mean +- std summary (CSV) beside the paper's numbers."""
+    methods = list(methods or ABLATION_ORDER)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise KeyError(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
+    per_seed = []
+    for method in methods:
+        for seed in seeds:
+            res, _ = evaluate_preset(method, profile, seed, overrides, split, progress=progress)
+            for protocol in res.protocols:
+                per_seed.append({"method": method, "seed": seed, "protocol": protocol, **_summary(res, protocol)})
+    summary = summarize(per_seed)
+    out = Path(out) if out else figures_dir() / f"ablation_{profile}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_csv(out.with_name(out.stem + "_seeds.csv"), per_seed)
+    _write_csv(out, summary)
+    if progress:
+        print(format_summary(summary))
+        print(f"written: {out} and {out.with_name(out.stem + '_seeds.csv')}")
+    return summary
+
+
+def summarize(per_seed: list[dict]) -> list[dict]:
+    rows = []
+    keys = sorted({(r["method"], r["protocol"]) for r in per_seed},
+                  key=lambda k: (ABLATION_ORDER.index(k[0]) if k[0] in ABLATION_ORDER else 99, k[1]))
+    for method, protocol in keys:
+        rs = [r for r in per_seed if r["method"] == method and r["protocol"] == protocol]
+        row = {"method": method, "protocol": protocol, "seeds": len(rs)}
+        for k in ("emm", "full", "worst", "no_rgb", "p0.1"):
+            vals = [r[k] for r in rs]
+            row[f"{k}_mean"] = statistics.fmean(vals)
+            row[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        row["worst_combo"] = max({r["worst_combo"] for r in rs}, key=[r["worst_combo"] for r in rs].count)
+        row["paper_emm"], row["paper_full"] = PAPER_ABLATION.get(method, (float("nan"), float("nan")))
+        rows.append(row)
+    return rows
+
+
+def format_summary(rows: list[dict]) -> str:
+    lines = [f"{'method':<11}{'protocol':<9}{'EMM':>15}{'full':>15}{'worst':>15} {'(combo)':<8}{'paper EMM/full':>16}"]
+    for r in rows:
+        pm = lambda k: f"{r[k + '_mean']:6.2f} ± {r[k + '_std']:4.2f}"  # noqa: E731
+        lines.append(f"{r['method']:<11}{r['protocol']:<9}{pm('emm'):>15}{pm('full'):>15}{pm('worst'):>15} "
+                     f"{r['worst_combo']:<8}{r['paper_emm']:>8.2f}/{r['paper_full']:.2f}")
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
