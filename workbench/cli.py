@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,7 +30,7 @@ def cmd_train(args) -> int:
     else:
         result = pipeline.run(cfg, progress=not args.quiet, retrain=args.retrain)
     print(f"[train] checkpoint: {result.checkpoint}")
-    if args.eval_split != "none":
+    if args.eval_split != "none" and int(os.environ.get("RANK", "0")) == 0:
         res = evaluate_checkpoint(result.checkpoint, split=args.eval_split, progress=not args.quiet)
         paths = res.save(result.run_dir, prefix=f"combos_{args.eval_split}")
         print(f"\nAll-combination mIoU (%) on {args.eval_split}, {res.convention} convention:")
