@@ -103,9 +103,11 @@ def summarize(per_seed: list[dict]) -> list[dict]:
 
 def format_summary(rows: list[dict]) -> str:
     lines = [f"{'method':<11}{'protocol':<9}{'EMM':>15}{'full':>15}{'worst':>15} {'(combo)':<8}{'paper EMM/full':>16}"]
+    def pm(r, k):
+        return f"{r[k + '_mean']:6.2f} ± {r[k + '_std']:4.2f}"
+
     for r in rows:
-        pm = lambda k: f"{r[k + '_mean']:6.2f} ± {r[k + '_std']:4.2f}"  # noqa: E731
-        lines.append(f"{r['method']:<11}{r['protocol']:<9}{pm('emm'):>15}{pm('full'):>15}{pm('worst'):>15} "
+        lines.append(f"{r['method']:<11}{r['protocol']:<9}{pm(r, 'emm'):>15}{pm(r, 'full'):>15}{pm(r, 'worst'):>15} "
                      f"{r['worst_combo']:<8}{r['paper_emm']:>8.2f}/{r['paper_full']:.2f}")
     return "\n".join(lines)
 

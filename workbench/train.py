@@ -9,7 +9,6 @@ atomic checkpoints with config/versions/git commit, exact resume, and DDP under 
 from __future__ import annotations
 
 import json
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field

@@ -52,7 +52,8 @@ def bench_profile(profile: str, batches: int, repeats: int, fusion: str) -> dict
     t_naive, naive = _time(lambda: run(False, data), repeats)
     same32 = all(torch.equal(fast.cms[k], naive.cms[k]) for k in fast.cms)
     diff32 = sum(int((fast.cms[k] - naive.cms[k]).abs().sum()) for k in fast.cms) // 2
-    model64, d64 = model.double(), _cast(data, torch.float64)
+    model.double()
+    d64 = _cast(data, torch.float64)
     f64, n64 = run(True, d64), run(False, d64)
     same64 = all(torch.equal(f64.cms[k], n64.cms[k]) for k in f64.cms)
     images = sum(b["label"].shape[0] for b in data)
