@@ -225,6 +225,8 @@ class Config:
 def _coerce(key: str, typ: Any, value: Any) -> Any:
     origin = get_origin(typ)
     args = [a for a in get_args(typ) if a is not type(None)]
+    if isinstance(value, str) and value.lower() == "none" and type(None) in get_args(typ):
+        value = None
     if value is None:
         if type(None) in get_args(typ):
             return None
@@ -288,7 +290,7 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
         if parts[-1] not in node or isinstance(node[parts[-1]], dict):
             valid = sorted(k for k, v in node.items() if not isinstance(v, dict))
             raise ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(valid)}")
-        node[parts[-1]] = None if isinstance(value, str) and value.lower() == "none" else value
+        node[parts[-1]] = value
     return Config.from_dict(d)
 
 

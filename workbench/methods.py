@@ -185,7 +185,8 @@ class Distiller(Supervised):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self._cache = {}
-        return {"feedback/ce": float(ce), "feedback/ifv": float(ifv), "feedback/loss": float(loss),
+        return {"feedback/ce": float(ce.detach()), "feedback/ifv": float(ifv.detach()),
+                "feedback/loss": float(loss.detach()),
                 **{f"feedback/trained/{n}": float(n in trainable) for n in mods}}
 
     def validation_logs(self) -> dict[str, float]:
