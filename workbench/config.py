@@ -318,9 +318,9 @@ def _profile_quick() -> Config:
     """The synthetic study on 2 CPU cores (minutes per run)."""
     return Config(
         profile="quick",
-        data=DataConfig(size=64, train_samples=768, val_samples=128, test_samples=256, batch_size=16),
+        data=DataConfig(size=64, train_samples=384, val_samples=128, test_samples=256, batch_size=16),
         model=ModelConfig(encoder="mit_tiny", head_dim=64),
-        train=TrainConfig(epochs=12, lr=2e-3, warmup_epochs=1.0),
+        train=TrainConfig(epochs=10, lr=2e-3, warmup_epochs=1.0, val_every=2),
     )
 
 
