@@ -162,7 +162,8 @@ def _center(features: Tensor, onehot: Tensor, protos: Tensor) -> Tensor:
     b, c, k = features.shape[0], features.shape[-3], onehot.shape[-1]
     with _no_autocast(features.device):
         f = _f32(features).reshape(b, -1, c, onehot.shape[1])  # (B, L, C, N)
-        own = torch.einsum("bnk,blkc->blcn", onehot.to(f.dtype), protos.reshape(b, -1, k, c).to(f.dtype))  # p_{l'_j} per pixel
+        p = protos.reshape(b, -1, k, c).to(f.dtype)
+        own = torch.einsum("bnk,blkc->blcn", onehot.to(f.dtype), p)  # p_{l'_j} at every pixel
         labelled = onehot.sum(-1).bool()[:, None, None, :]  # (B, 1, 1, N)
         cfm = torch.where(labelled, own, f)
     return cfm.reshape(features.shape)
@@ -190,8 +191,8 @@ def _ifv_parts(features: Tensor, onehot: Tensor, eps: float) -> tuple[Tensor, Te
 def _ifv_finish(own: Tensor, fsq: Tensor, labelled: Tensor, eps: float) -> Tensor:
     """IFV map from `_ifv_parts`: F.cosine_similarity's formula x.y / (max(|x|, eps) max(|y|, eps)) at
     labelled pixels; at ignored ones cos(f_j, f_j) (1 unless |f_j| < eps; zero gradient, so detached)."""
-    inv = fsq.clamp_min(eps * eps).rsqrt()  # 1 / max(|f_j|, eps)
-    return torch.where(labelled, own * inv, (fsq * inv.square()).detach())
+    floored = fsq.clamp_min(eps * eps)  # max(|f_j|, eps)^2
+    return torch.where(labelled, own * floored.rsqrt(), (fsq / floored).detach())  # x / x == 1 exactly
 
 
 def _ifv(features: Tensor, onehot: Tensor, eps: float) -> Tensor:
@@ -240,7 +241,8 @@ def _segments(widths: tuple[int, ...], device: torch.device, dtype: torch.dtype)
     return (owner[:, None] == torch.arange(len(widths), device=device)).to(dtype)
 
 
-def _stage_divergence(s: Tensor, t: Tensor, sizes: Sequence[tuple[int, int]], kind: str, tau: float) -> Tensor:
+def _stage_divergence(s: Tensor, t: Tensor, sizes: Sequence[tuple[int, int]], kind: str,
+                      tau: float) -> Tensor:
     """`ifv_divergence` of maps of several stages, flattened and concatenated on the last axis:
     s, t (..., sum h_i*w_i) -> (..., S). The stage loop only slices; the arithmetic runs once."""
     n = [h * w for h, w in sizes]
@@ -269,7 +271,8 @@ def ifv_divergence(student_map: Tensor, teacher_map: Tensor, kind: str = "kl_spa
     _choice("kind", kind, IFV_DIVERGENCES)
     with _no_autocast(student_map.device):
         s, t = _f32(student_map), _f32(teacher_map)
-        return _stage_divergence(s.flatten(-2), t.flatten(-2), [tuple(s.shape[-2:])], kind, temperature)[..., 0]
+        d = _stage_divergence(s.flatten(-2), t.flatten(-2), [tuple(s.shape[-2:])], kind, temperature)
+    return d[..., 0]
 
 
 def _proto_div(p_s: Tensor, p_t: Tensor, present: Tensor, seg: Tensor, kind: str, tau: float,
@@ -279,7 +282,7 @@ def _proto_div(p_s: Tensor, p_t: Tensor, present: Tensor, seg: Tensor, kind: str
     n = present.sum(-1)  # (..., S)
     if kind == "cosine":  # F.cosine_similarity's formula, per segment: x.y / (max(|x|, eps) max(|y|, eps))
         dots = (p_s * p_t) @ seg  # (..., K, S)
-        norms = (p_s.square() @ seg).clamp_min(eps * eps).sqrt() * (p_t.square() @ seg).clamp_min(eps * eps).sqrt()
+        norms = ((p_s.square() @ seg).clamp_min(eps * eps) * (p_t.square() @ seg).clamp_min(eps * eps)).sqrt()
         d = (1 - dots / norms).transpose(-1, -2)  # (..., S, K)
         return (d * present).sum(-1) / n.clamp(min=1)
     # Absent classes leave the softmax (-inf logits, then 0 log-probability: no nan in the gradient);
@@ -334,7 +337,7 @@ def cpd_pairs(batch: int | Tensor, num_modalities: int | None = None, generator:
     _choice("pairing", pairing, PAIRINGS)
     if isinstance(batch, Tensor):
         if batch.dim() != 2:
-            raise ValueError(f"cpd_pairs got a tensor of shape {tuple(batch.shape)}; pass (B, M) or an int batch size")
+            raise ValueError(f"cpd_pairs got a tensor of shape {tuple(batch.shape)}; pass a (B, M) mask or an int")
         (b, m), device = batch.shape, device or batch.device
     else:
         if num_modalities is None:
@@ -382,6 +385,12 @@ def _names(features: Features, modalities: Sequence[str] | None) -> list[str]:
     if missing:
         raise KeyError(f"no features for modality {missing[0]!r}; features have {', '.join(features)}")
     return names
+
+
+def _check_stages(stages: Sequence[int], features: Features, names: Sequence[str]) -> None:
+    n = len(features[names[0]])
+    if not stages or any(not 0 <= i < n for i in stages):
+        raise ValueError(f"stages={tuple(stages)!r} must be a non-empty subset of 0..{n - 1}")
 
 
 def _stack(features: Features, names: Sequence[str], stage: int) -> Tensor:
@@ -446,6 +455,7 @@ def cpd_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, n
     _choice("kind", kind, PROTO_DIVERGENCES)
     _choice("prototypes", prototypes, PROTO_MODES)
     names = _names(student_feats, modalities)
+    _check_stages(stages, student_feats, names)
     b, m = pairs.shape
     if m != len(names):
         raise ValueError(f"pairs has {m} modalities but the features have {len(names)} ({', '.join(names)})")
@@ -487,10 +497,13 @@ def ifv_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, n
     cross-modal variant (the paper's negative "cross-modal IFV" row): the student map of modality
     pi(m) = pairs[b, m] against the teacher map of modality m, counted when the student modality
     pi(m) is selected. D = `ifv_divergence(kind, temperature)`. Mean over the selected (stage, sample,
-    modality) terms; only those are computed (one host sync for their index list); 0 with a valid graph when the mask is empty. For the feedback step swap the roles:
-    the teacher's features as `student_feats`, the student's (detached target) as `teacher_feats`."""
+    modality) terms; only those are computed (one host sync for their index list); 0 with a valid graph
+    when the mask is empty. For the feedback step swap the roles: the teacher's features as
+    `student_feats` (mask: its non-primary modalities that the student received), the student's as
+    `teacher_feats` (the detached target)."""
     _choice("kind", kind, IFV_DIVERGENCES)
     names = _names(student_feats, modalities)
+    _check_stages(stages, student_feats, names)
     sel = modalities_mask.bool()
     if sel.shape[1] != len(names):
         raise ValueError(f"modalities_mask has {sel.shape[1]} columns but the features have {len(names)} "

@@ -1,8 +1,9 @@
 """Benchmark of the HPD losses (`workbench.losses`): vectorized vs a naive loop reference.
 
-Times prototypes, L_cp, L_ifv (forward + backward) and ASM (forward) at the feature shapes of the
-`tiny` and `quick` presets, checks in float64 that both implementations give the same values and
-gradients, prints a table and, last, one JSON line:
+Times prototypes, L_cp, L_ifv (forward + backward, what a training step pays) and ASM (forward) at
+the feature shapes of the `tiny` and `quick` presets on one CPU thread (`--threads`), checks in
+float64 that both implementations give the same values and gradients, prints a table and, last, one
+JSON line:
 `{"bench": "losses", "speedup": {...}, "min_speedup": x, "identical": true}`.
 
 Run: `python -c "from workbench.bench.losses import main; main([])"` or
@@ -176,8 +177,9 @@ def make_inputs(preset: dict, dtype: torch.dtype = torch.float32, seed: int = 0)
     received = anymodal_dropout(b, m, g)
     primary = torch.zeros(b, m, dtype=torch.bool)
     primary[:, : (m + 1) // 2] = True
-    return dict(student=feats(), teacher=feats(), fused=[torch.randn(sh, generator=g, dtype=dtype) for sh in shapes],
-                labels=labels, classes=k, received=received, pairs=cpd_pairs(b, m, g), mask=primary & received)
+    fused = [torch.randn(sh, generator=g, dtype=dtype) for sh in shapes]
+    return dict(student=feats(), teacher=feats(), fused=fused, labels=labels, classes=k, received=received,
+                pairs=cpd_pairs(b, m, g), mask=primary & received)
 
 
 def _leaves(student: Features) -> list[torch.Tensor]:
@@ -190,7 +192,8 @@ def cases(x: dict) -> dict[str, tuple[Callable, Callable, bool]]:
     names = list(t)
     return {
         "prototypes": (
-            lambda s: tuple(class_prototypes(torch.stack([s[n][i] for n in names], 1), lab, k)[0] for i in range(4)),
+            lambda s: tuple(class_prototypes(torch.stack([s[n][i] for n in names], 1), lab, k)[0]
+                            for i in range(4)),
             lambda s: tuple(torch.stack([loop_class_prototypes(s[n][i], lab, k)[0] for n in names], 1)
                             for i in range(4)),
             True),
@@ -250,12 +253,31 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m workbench.bench.losses", description=__doc__.splitlines()[0])
     p.add_argument("--presets", default="tiny,quick", help="comma-separated: " + ", ".join(PRESETS))
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case (best of N is reported)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads while timing (default 1: on a busy shared CPU, every op big "
+                        "enough to be split waits for its worker threads to get a time slice)")
     args = p.parse_args(argv)
     names = [n for n in args.presets.split(",") if n]
     unknown = [n for n in names if n not in PRESETS]
     if unknown:
         p.error(f"unknown preset {unknown[0]!r}; valid presets: {', '.join(PRESETS)}")
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        rows, speedup, identical = _bench(names, args.repeats)
+    finally:
+        torch.set_num_threads(threads)
+    print(f"{'case':<18}{'pass':<9}{'vector ms':>11}{'loop ms':>11}{'speedup':>9}{'max |diff| f64':>16}  same"
+          f"   ({args.threads} thread{'s' * (args.threads > 1)}, best of {args.repeats})")
+    for key, mode, tv, tl, sp, diff, ok in rows:
+        print(f"{key:<18}{mode:<9}{tv:>11.2f}{tl:>11.2f}{sp:>8.1f}x{diff:>16.1e}  {ok}")
+    print(json.dumps({"bench": "losses", "speedup": speedup, "min_speedup": min(speedup.values()),
+                      "identical": identical}))
+    return 0 if identical else 1
+
+
+def _bench(names: list[str], repeats: int) -> tuple[list, dict, bool]:
     speedup, identical, rows = {}, True, []
     for preset in names:
         x64 = make_inputs(PRESETS[preset], torch.float64)
@@ -264,19 +286,14 @@ def main(argv: list[str]) -> int:
         for case, (vec, loop, diff_able) in timed.items():
             ok, diff = _same(_Runner(checks[case][0], x64["student"], diff_able)(),
                              _Runner(checks[case][1], x64["student"], diff_able)())
-            t_vec = _best_time(_Runner(vec, x32["student"], diff_able), args.repeats)
-            t_loop = _best_time(_Runner(loop, x32["student"], diff_able), args.repeats)
+            t_vec = _best_time(_Runner(vec, x32["student"], diff_able), repeats)
+            t_loop = _best_time(_Runner(loop, x32["student"], diff_able), repeats)
             key = f"{preset}/{case}"
             speedup[key] = round(t_loop / t_vec, 1)
             identical &= ok
-            rows.append((key, "fwd+bwd" if diff_able else "fwd", t_vec * 1e3, t_loop * 1e3, t_loop / t_vec, diff, ok))
-
-    print(f"{'case':<18}{'pass':<9}{'vector ms':>11}{'loop ms':>11}{'speedup':>9}{'max |diff| f64':>16}  same")
-    for key, mode, tv, tl, sp, diff, ok in rows:
-        print(f"{key:<18}{mode:<9}{tv:>11.2f}{tl:>11.2f}{sp:>8.1f}x{diff:>16.1e}  {ok}")
-    print(json.dumps({"bench": "losses", "speedup": speedup, "min_speedup": min(speedup.values()),
-                      "identical": identical}))
-    return 0 if identical else 1
+            mode = "fwd+bwd" if diff_able else "fwd"
+            rows.append((key, mode, t_vec * 1e3, t_loop * 1e3, t_loop / t_vec, diff, ok))
+    return rows, speedup, identical
 
 
 if __name__ == "__main__":
