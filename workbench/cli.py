@@ -1,4 +1,4 @@
-"""Command line: `python -m workbench {train,evaluate,ablate,bench,suite,data,weights,presets} ...`."""
+"""Command line: `python -m workbench {train,evaluate,ablate,sweep,bench,suite,data,weights,presets} ...`."""
 
 from __future__ import annotations
 
@@ -63,6 +63,18 @@ def cmd_ablate(args) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",") if args.methods else None
     run_ablation(args.profile, seeds, methods, overrides=args.set or [], out=args.out, progress=not args.quiet)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from workbench.study import run_sweep
+
+    grid = {}
+    for item in args.grid:
+        key, values = item.split("=", 1)
+        grid[key] = values.split(",")
+    run_sweep(args.method, args.profile, grid, seed=args.seed, split=args.split, overrides=args.set or [],
+              out=args.out, progress=not args.quiet)
     return 0
 
 
@@ -135,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", default=None, help="CSV path (default figures/ablation_<profile>.csv)")
     a.add_argument("--quiet", action="store_true")
 
+    sw = sub.add_parser("sweep", help="grid search of loss weights on the val split")
+    sw.add_argument("--method", default="hpd")
+    sw.add_argument("--profile", default="quick")
+    sw.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2", help="e.g. distill.cp_weight=10,100")
+    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--split", default="val")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE")
+    sw.add_argument("--out", default=None)
+    sw.add_argument("--quiet", action="store_true")
+
     b = sub.add_parser("bench", help="benchmarks: combos | losses | step (pass --help after the name)")
     b.add_argument("what", choices=("combos", "losses", "step"))
 
@@ -164,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             return {"bench": cmd_bench, "suite": cmd_suite, "data": cmd_data, "weights": cmd_weights}[args.command](
                 args, rest)
         args = parser.parse_args(argv)
-        return {"train": cmd_train, "evaluate": cmd_evaluate, "ablate": cmd_ablate, "presets": cmd_presets}[
+        return {"train": cmd_train, "evaluate": cmd_evaluate, "ablate": cmd_ablate, "sweep": cmd_sweep,
+                "presets": cmd_presets}[
             args.command](args)
     except (ConfigError, KeyError, ValueError, FileNotFoundError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

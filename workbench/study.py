@@ -118,3 +118,26 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writeheader()
         for r in rows:
             w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def run_sweep(method: str, profile: str, grid: dict[str, list], seed: int = 0, split: str = "val",
+              overrides=None, out=None, progress: bool = True) -> list[dict]:
+    """Grid search of config values on the validation split (tuning never looks at test)."""
+    import itertools
+
+    keys = list(grid)
+    rows = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        setting = dict(zip(keys, values))
+        res, _ = evaluate_preset(method, profile, seed, {**_as_dict(overrides), **setting}, split, progress=progress)
+        for protocol in res.protocols:
+            rows.append({**{k: v for k, v in setting.items()}, "method": method, "seed": seed, "split": split,
+                         "protocol": protocol, **_summary(res, protocol)})
+    out = Path(out) if out else figures_dir() / f"sweep_{method}_{profile}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_csv(out, rows)
+    if progress:
+        for r in rows:
+            print(", ".join(f"{k}={r[k]}" for k in keys), f"{r['protocol']}: EMM {r['emm']:.2f} full {r['full']:.2f}")
+        print(f"written: {out}")
+    return rows
