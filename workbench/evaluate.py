@@ -214,6 +214,25 @@ class _ZeroCache:
         return self.cache[key]
 
 
+def argmax_channels(logits: torch.Tensor) -> torch.Tensor:
+    """argmax over dim 1 of (N, K, H, W), first index on ties (as torch.argmax): a running max over K,
+    several times faster on CPU than a reduction across the strided channel axis."""
+    best, idx = logits[:, 0].clone(), torch.zeros(logits.shape[0], *logits.shape[2:], dtype=torch.long,
+                                                  device=logits.device)
+    for k in range(1, logits.shape[1]):
+        better = logits[:, k] > best
+        best = torch.where(better, logits[:, k], best)
+        idx.masked_fill_(better, k)
+    return idx
+
+
+def pixel_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Class map of (N, K, H, W) logits: a contiguous reduction when the tensor is channels-last."""
+    if logits.is_contiguous(memory_format=torch.channels_last) and not logits.is_contiguous():
+        return logits.permute(0, 2, 3, 1).argmax(-1)
+    return argmax_channels(logits)
+
+
 def _combo_weights(mods, combos, protocol, device) -> torch.Tensor:
     """(C, M) averaging weights: 1/|S| on S (`drop`) or 1/M on every modality (`zero`)."""
     mask = torch.tensor([[m in c for m in mods] for c in combos], dtype=torch.float, device=device)
@@ -223,7 +242,7 @@ def _combo_weights(mods, combos, protocol, device) -> torch.Tensor:
 @torch.no_grad()
 def predict_combinations(model, inputs: dict, protocols=("zero", "drop"), combos=None, zero_cache=None,
                          chunk: int = 16):
-    """Yield (protocol, combos_chunk, logits (C, B, K, H, W)) for every combination from one encoder pass."""
+    """Yield (protocol, combos_chunk, logits (C * B, K, H, W)) for every combination from one encoder pass."""
     mods = model.modalities
     combos = combos or combinations(mods)
     x0 = inputs[mods[0]]
@@ -259,8 +278,10 @@ def predict_combinations(model, inputs: dict, protocols=("zero", "drop"), combos
                         weights = torch.ones(b, len(mods), device=dev)
                     outs.append(model.head(model.fuse(use, weights)))
                 out = torch.cat(outs)
-            out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
-            yield protocol, part, out.view(len(part), b, *out.shape[1:])
+            # channels-last makes the full-resolution upsample and the argmax over K several times faster
+            out = F.interpolate(out.contiguous(memory_format=torch.channels_last), size=(h, w), mode="bilinear",
+                                align_corners=False)
+            yield protocol, part, out
 
 
 @torch.no_grad()
@@ -271,7 +292,7 @@ def predict_naive(model, inputs: dict, protocols=("zero", "drop"), combos=None):
     for protocol in protocols:
         for combo in combos or combinations(mods):
             present = torch.tensor([[m in combo for m in mods]] * b, device=inputs[mods[0]].device)
-            yield protocol, [combo], model(inputs, present, protocol).logits[None]
+            yield protocol, [combo], model(inputs, present, protocol).logits
 
 
 @torch.no_grad()
@@ -304,12 +325,14 @@ def evaluate_combinations(model, loader, protocols=("zero", "drop"), combos=None
                      else predict_naive(model, inputs, protocols, combos))
             for protocol, part, logits in preds:
                 # one bincount per chunk over (combo, condition, target, prediction)
-                pred = logits.argmax(2)  # (C, B, H, W)
                 c = len(part)
-                valid = (labels != IGNORE_INDEX).expand(c, *labels.shape)
-                key = (torch.arange(c, device=pred.device).view(c, 1, 1, 1) * len(cond_names)
-                       + cond_idx.view(1, -1, 1, 1)) * k * k + labels.clamp(max=k - 1) * k + pred
-                counts = torch.bincount(key[valid], minlength=c * len(cond_names) * k * k).cpu()
+                pred = pixel_argmax(logits).view(c, *labels.shape)  # (C, B, H, W)
+                bins = c * len(cond_names) * k * k
+                # ignored pixels go to one extra bin that is dropped (cheaper than boolean indexing)
+                base = torch.where(labels == IGNORE_INDEX, bins, cond_idx.view(-1, 1, 1) * k * k + labels * k)
+                offset = torch.arange(c, device=pred.device).view(c, 1, 1, 1) * (len(cond_names) * k * k)
+                key = torch.where(base == bins, bins, base + offset + pred)
+                counts = torch.bincount(key.flatten(), minlength=bins + 1)[:bins].cpu()
                 counts = counts.view(c, len(cond_names), k, k)
                 for j, combo in enumerate(part):
                     cms[(protocol, combo)] += counts[j].sum(0)
