@@ -68,8 +68,8 @@ def run_ablation(profile: str = "quick", seeds=(0, 1, 2), methods=None, override
     if unknown:
         raise KeyError(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
     per_seed = []
-    for method in methods:
-        for seed in seeds:
+    for seed in seeds:  # seed-major: a partial study already covers every row
+        for method in methods:
             res, _ = evaluate_preset(method, profile, seed, overrides, split, progress=progress)
             for protocol in res.protocols:
                 per_seed.append({"method": method, "seed": seed, "protocol": protocol, **_summary(res, protocol)})
