@@ -1,0 +1,611 @@
+"""Figures, tables and widgets of the notebooks; every figure is saved as PNG + PDF + the CSV behind it.
+
+`Figures(notebook, profile)` owns a notebook's output folder `figures/<profile>/<notebook>/` (the
+WORKBENCH_FIGURES override applies) and an `index.json` listing what it saved, in order, with titles
+and captions: the suite's report (`workbench.suite`) is built from those indexes. The plot functions
+take what `workbench.analysis` / `workbench.evaluate` compute and return a matplotlib figure (or a
+plotly one); `SliderApp` is the ipywidgets front end of `analysis.SamplePredictor`.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from workbench.paths import figures_dir
+
+MODALITY_COLOURS = {"rgb": "#d62728", "depth": "#1f77b4", "event": "#2ca02c", "lidar": "#9467bd"}
+MODALITY_MARKERS = ("o", "s", "^", "D", "v", "P")
+METHOD_COLOURS = {"baseline": "#7f7f7f", "basic_kd": "#ff7f0e", "ifv_single": "#bcbd22", "ifv_cross": "#8c564b",
+                  "cpd": "#17becf", "ifv_cpd": "#e377c2", "hpd": "#1f77b4", "robustseg": "#d62728",
+                  "anyseg": "#2ca02c"}
+
+
+def _colour(name: str, i: int) -> str:
+    return METHOD_COLOURS.get(name, MODALITY_COLOURS.get(name, f"C{i % 10}"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving: figures, tables, plotly pages
+
+def write_csv(path: str | Path, rows: Sequence[dict]) -> Path:
+    """Rows (dicts) as a CSV with the union of their keys as header, floats rounded to 6 digits."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys: dict[str, None] = {}
+    for r in rows:
+        keys.update(dict.fromkeys(r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(keys))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+    return path
+
+
+def _fmt(v, digits: int) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown_table(rows: Sequence[dict], digits: int = 2) -> str:
+    if not rows:
+        return "(empty)"
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_fmt(r.get(k, ""), digits) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def html_table(rows: Sequence[dict], digits: int = 2) -> str:
+    if not rows:
+        return "<p>(empty)</p>"
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(
+        f"<td style='text-align:{'right' if isinstance(r.get(k), (int, float)) else 'left'}'>"
+        f"{html.escape(_fmt(r.get(k, ''), digits))}</td>" for k in keys) + "</tr>" for r in rows)
+    return f"<table class='wb-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class Table:
+    """A table that a notebook displays (HTML) and the report embeds (Markdown)."""
+
+    def __init__(self, rows: Sequence[dict], title: str = "", digits: int = 2):
+        self.rows, self.title, self.digits = list(rows), title, digits
+
+    def _repr_html_(self) -> str:
+        cap = f"<p><b>{html.escape(self.title)}</b></p>" if self.title else ""
+        return cap + html_table(self.rows, self.digits)
+
+    def _repr_markdown_(self) -> str:
+        return (f"**{self.title}**\n\n" if self.title else "") + markdown_table(self.rows, self.digits)
+
+
+class Figures:
+    """A notebook's figures and tables under `figures/<profile>/<notebook>/`, with an index for the report.
+
+    Creating it starts a fresh index (a re-run lists only what it saved); files are overwritten."""
+
+    def __init__(self, notebook: str, profile: str, root: str | Path | None = None, dpi: int = 130):
+        self.notebook, self.profile, self.dpi = notebook, profile, dpi
+        self.dir = Path(root or figures_dir()) / profile / notebook
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.entries: list[dict] = []
+        self._write_index()
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def _write_index(self) -> None:
+        payload = {"notebook": self.notebook, "profile": self.profile, "entries": self.entries}
+        (self.dir / "index.json").write_text(json.dumps(payload, indent=2))
+
+    def _add(self, kind: str, name: str, title: str, caption: str, files: dict[str, Path], **extra) -> None:
+        self.entries = [e for e in self.entries if e["name"] != name]
+        self.entries.append({"kind": kind, "name": name, "title": title or name, "caption": caption,
+                             "files": {k: str(Path(v).relative_to(self.dir)) for k, v in files.items()}, **extra})
+        self._write_index()
+
+    def save(self, fig, name: str, rows: Sequence[dict] | None = None, title: str = "", caption: str = ""):
+        """`name`.png, `name`.pdf and (with `rows`) `name`.csv; returns the figure (the notebook shows it)."""
+        files = {"png": self.dir / f"{name}.png", "pdf": self.dir / f"{name}.pdf"}
+        fig.savefig(files["png"], dpi=self.dpi, bbox_inches="tight")
+        fig.savefig(files["pdf"], bbox_inches="tight")
+        if rows is not None:
+            files["csv"] = write_csv(self.dir / f"{name}.csv", rows)
+        self._add("figure", name, title, caption, files)
+        return fig
+
+    def table(self, rows: Sequence[dict], name: str, title: str = "", caption: str = "", digits: int = 2) -> Table:
+        """`name`.csv and `name`.md; returns a `Table` (shown as HTML in the notebook)."""
+        files = {"csv": write_csv(self.dir / f"{name}.csv", rows), "md": self.dir / f"{name}.md"}
+        files["md"].write_text(markdown_table(rows, digits) + "\n")
+        self._add("table", name, title, caption, files, digits=digits)
+        return Table(rows, title, digits)
+
+    def plotly(self, fig, name: str, rows: Sequence[dict] | None = None, title: str = "", caption: str = ""):
+        """An interactive page `name`.html (plotly.js written once beside it, so it opens offline)."""
+        files = {"html": self.dir / f"{name}.html"}
+        fig.write_html(files["html"], include_plotlyjs="directory", full_html=True)
+        if rows is not None:
+            files["csv"] = write_csv(self.dir / f"{name}.csv", rows)
+        self._add("plotly", name, title, caption, files)
+        return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Images
+
+def colorize(label, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8; ignored / out-of-range pixels black."""
+    lab = np.asarray(label)
+    pal = np.zeros((256, 3), np.uint8)
+    pal[:len(palette)] = np.asarray(palette, np.uint8)
+    return pal[np.clip(lab, 0, 255).astype(np.int64)]
+
+
+def error_image(error) -> np.ndarray:
+    """analysis.error_map (0 correct, 1 wrong, 2 ignored) -> white / red / grey."""
+    cols = np.array([[235, 235, 235], [200, 30, 30], [120, 120, 120]], np.uint8)
+    return cols[np.asarray(error)]
+
+
+def modality_image(x) -> np.ndarray:
+    """A [0, 1] modality tensor (C, H, W) -> (H, W, 3) float for display (1 channel repeated)."""
+    a = np.asarray(x, np.float32)
+    a = np.repeat(a, 3, 0) if a.shape[0] == 1 else a[:3]
+    return np.clip(a.transpose(1, 2, 0), 0, 1)
+
+
+def png_bytes(img: np.ndarray, scale: int = 1) -> bytes:
+    """An (H, W, 3) uint8 or [0, 1] float image as PNG bytes, enlarged `scale` x (nearest)."""
+    from PIL import Image
+
+    a = np.asarray(img)
+    if a.dtype != np.uint8:
+        a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
+    if scale > 1:
+        a = a.repeat(scale, 0).repeat(scale, 1)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _off(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def legend_patches(classes: Sequence[str], palette) -> list:
+    from matplotlib.patches import Patch
+
+    return [Patch(color=np.asarray(c) / 255, label=n) for n, c in zip(classes, palette)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Training curves
+
+def plot_loss_curves(runs: dict[str, Sequence[dict]], terms: Sequence[str], window: int = 10):
+    """One panel per loss term (train/loss, train/ce, train/kd, ...); a line per run, smoothed."""
+    from workbench.analysis import series, smooth
+
+    n = len(terms)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.7 * rows), squeeze=False)
+    for ax, term in zip(axes.flat, terms):
+        for i, (name, tr) in enumerate(runs.items()):
+            x, y = series(tr, term)
+            if len(x):
+                ax.plot(x, smooth(y, window), label=name, color=f"C{i}")
+        ax.set_title(term.removeprefix("train/"))
+        ax.set_xlabel("step")
+        if any(len(series(tr, term)[0]) for tr in runs.values()) and ax.get_lines():
+            ys = np.concatenate([line.get_ydata() for line in ax.get_lines()])
+            if np.all(ys > 0) and ys.max() / max(ys.min(), 1e-12) > 50:
+                ax.set_yscale("log")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"training losses (moving average over {window} steps)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_val_curves(runs: dict[str, Sequence[dict]], keys: Sequence[str] = ("val/miou_full", "val/emm", "val/worst")):
+    """Validation mIoU per epoch: full modality, EMM (mean over combinations), worst combination."""
+    from workbench.analysis import series
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.8 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for i, (name, va) in enumerate(runs.items()):
+            x, y = series(va, key, x="epoch")
+            ax.plot(x, y, marker="o", label=name, color=f"C{i}")
+        ax.set_title(key.removeprefix("val/"))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mIoU (%)")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_primary_frequency(freq: dict[str, dict], title: str = "ASM primary modality frequency"):
+    """Left: per step, the share of the batch for which each modality was primary (smoothed).
+    Right: per validation interval, per sample (solid) and per batch (dashed, feedback)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
+    for i, (m, d) in enumerate(freq.items()):
+        c = _colour(m, i)
+        a.plot(d["step"], d["per_step"], color=c, label=m)
+        x, y = d["val"]
+        b.plot(x, y, marker="o", color=c, label=f"{m} (per sample)")
+        x, y = d["val_batch"]
+        if len(x):
+            b.plot(x, y, marker="x", ls="--", color=c, label=f"{m} (per batch)")
+    a.set(xlabel="step", ylabel="share of samples", title="per step", ylim=(-0.05, 1.05))
+    b.set(xlabel="epoch", ylabel="frequency", title="per validation interval", ylim=(-0.05, 1.05))
+    a.legend(fontsize=8)
+    b.legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Bars and heatmaps
+
+def grouped_bars(ax, groups: Sequence[str], series_: dict[str, Sequence[float]], errors: dict | None = None,
+                 hatches: dict | None = None, colours: dict | None = None, fmt: str | None = None) -> None:
+    """Bars for each group (x) and series (colour)."""
+    k = len(series_)
+    width = 0.8 / max(k, 1)
+    x = np.arange(len(groups))
+    for i, (name, vals) in enumerate(series_.items()):
+        err = None if errors is None else errors.get(name)
+        bars = ax.bar(x + (i - (k - 1) / 2) * width, vals, width, yerr=err, capsize=2, label=name,
+                      color=(colours or {}).get(name, _colour(name, i)), hatch=(hatches or {}).get(name))
+        if fmt:
+            ax.bar_label(bars, fmt=fmt, fontsize=6, rotation=90, padding=1)
+    ax.set_xticks(x, groups, rotation=30, ha="right")
+
+
+def plot_ablation(summary: Sequence[dict], paper: dict[str, tuple[float, float]] | None = None):
+    """EMM and full-modality mIoU per ablation row (mean +- std over seeds) per protocol, beside the
+    paper's DeLiVER numbers (hatched; another dataset, so compare the ordering, not the level)."""
+    methods = list(dict.fromkeys(r["method"] for r in summary))
+    protocols = sorted({r["protocol"] for r in summary})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for ax, key, pi in zip(axes, ("emm", "full"), (0, 1)):
+        vals, errs, hatch, cols = {}, {}, {}, {}
+        for j, p in enumerate(protocols):
+            rows = {r["method"]: r for r in summary if r["protocol"] == p}
+            vals[f"ours ({p})"] = [rows[m][f"{key}_mean"] if m in rows else np.nan for m in methods]
+            errs[f"ours ({p})"] = [rows[m][f"{key}_std"] if m in rows else 0 for m in methods]
+            cols[f"ours ({p})"] = f"C{j}"
+        if paper:
+            vals["paper (DeLiVER, B0)"] = [paper.get(m, (np.nan, np.nan))[pi] for m in methods]
+            hatch["paper (DeLiVER, B0)"] = "//"
+            cols["paper (DeLiVER, B0)"] = "#cccccc"
+        grouped_bars(ax, methods, vals, errs, hatch, cols, fmt="%.1f")
+        ax.margins(y=0.12)
+        ax.set_title("EMM (mean over combinations)" if key == "emm" else "full modality")
+        ax.set_ylabel("mIoU (%)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_combination_heatmaps(matrices: dict[str, tuple[list[str], list[str], np.ndarray]]):
+    """One heatmap per protocol: combinations (rows) x methods (columns), mIoU annotated."""
+    n = len(matrices)
+    first = next(iter(matrices.values()))
+    fig, axes = plt.subplots(1, n, figsize=(1.0 + 1.1 * len(first[1]) * n + 1.5, 0.38 * len(first[0]) + 1.6),
+                             squeeze=False)
+    vmax = max(float(np.nanmax(m[2])) for m in matrices.values())
+    for ax, (protocol, (combos, methods, mat)) in zip(axes[0], matrices.items()):
+        im = ax.imshow(mat, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+        ax.set_yticks(range(len(combos)), combos)
+        for i in range(mat.shape[0]):
+            for j in range(mat.shape[1]):
+                ax.text(j, i, f"{mat[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                        color="white" if mat[i, j] < 0.6 * vmax else "black")
+        ax.set_title(f"protocol: {protocol}")
+    fig.colorbar(im, ax=axes[0].tolist(), label="mIoU (%)", shrink=0.8)
+    return fig
+
+
+def plot_method_bars(rows: Sequence[dict], group_key: str, value_key: str, title: str,
+                     panel_key: str = "protocol", ylabel: str = "mIoU (%)"):
+    """Grouped bars: one panel per `panel_key`, groups `group_key`, a bar per method."""
+    panels = list(dict.fromkeys(r[panel_key] for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.4), squeeze=False)
+    for ax, p in zip(axes[0], panels):
+        sub = [r for r in rows if r[panel_key] == p]
+        groups = list(dict.fromkeys(r[group_key] for r in sub))
+        methods = list(dict.fromkeys(r["method"] for r in sub))
+        vals = {m: [next((r[value_key] for r in sub if r["method"] == m and r[group_key] == g), np.nan)
+                    for g in groups] for m in methods}
+        grouped_bars(ax, groups, vals)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_title(f"{panel_key}: {p}")
+        ax.set_ylabel(ylabel)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_param_distance(rows: Sequence[dict], title: str = "teacher weights: after feedback vs before"):
+    """Relative L2 change per encoder / fusion / head, with the fraction of parameters that moved."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) + 1), 3.4))
+    parts = [r["part"] for r in rows]
+    vals = [r["relative"] for r in rows]
+    bars = ax.bar(parts, vals, color=[_colour(p.split("/")[-1], i) for i, p in enumerate(parts)])
+    for b, r in zip(bars, rows):
+        ax.annotate(f"{100 * r['changed_fraction']:.0f}% moved", (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center", va="bottom", fontsize=7)
+    ax.set_ylabel("||after - before|| / ||before||")
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.margins(y=0.15)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_delta(rows: Sequence[dict], protocol: str, highlight: str = "EL"):
+    """Before/after bars per combination for one protocol; the highlighted combination is marked."""
+    sub = [r for r in rows if r["protocol"] == protocol]
+    combos = [r["combo"] for r in sub]
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(combos) + 2), 3.4))
+    grouped_bars(ax, combos, {"before feedback": [r["before"] for r in sub],
+                              "after feedback": [r["after"] for r in sub]},
+                 colours={"before feedback": "#7f7f7f", "after feedback": "#d62728"})
+    if highlight in combos:
+        i = combos.index(highlight)
+        ax.axvspan(i - 0.45, i + 0.45, color="gold", alpha=0.3, zorder=0)
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title(f"teacher, every combination ({protocol} protocol)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# t-SNE
+
+def plot_tsne(embeddings: dict[str, tuple[np.ndarray, object]], classes: Sequence[str], palette,
+              title: str = "t-SNE of per-modality features"):
+    """Rows: models; left column coloured by class, right by modality (marker = modality)."""
+    n = len(embeddings)
+    fig, axes = plt.subplots(n, 2, figsize=(10, 4.2 * n), squeeze=False)
+    pal = np.asarray(palette, float) / 255
+    for (name, (emb, pts)), (a, b) in zip(embeddings.items(), axes):
+        for j, m in enumerate(pts.modalities):
+            sel = pts.modality == j
+            mk = MODALITY_MARKERS[j % len(MODALITY_MARKERS)]
+            a.scatter(emb[sel, 0], emb[sel, 1], c=pal[pts.cls[sel]], s=10, marker=mk, linewidths=0)
+            b.scatter(emb[sel, 0], emb[sel, 1], c=_colour(m, j), s=10, marker=mk, linewidths=0, label=m)
+        a.set_title(f"{name}: by class")
+        b.set_title(f"{name}: by modality")
+        _off(a)
+        _off(b)
+    axes[0, 1].legend(fontsize=8, markerscale=2)
+    present = sorted({int(c) for _, pts in embeddings.values() for c in np.unique(pts.cls)})
+    fig.legend(handles=[legend_patches(classes, palette)[c] for c in present], loc="lower center",
+               ncol=min(6, len(present)), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.98))
+    return fig
+
+
+def tsne_plotly(embeddings: dict[str, tuple[np.ndarray, object]], classes: Sequence[str], palette):
+    """Interactive t-SNE: one panel per model, colour = class, symbol = modality, hover = sample."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names = list(embeddings)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names)
+    symbols = ("circle", "square", "triangle-up", "diamond", "triangle-down", "cross")
+    for col, name in enumerate(names, 1):
+        emb, pts = embeddings[name]
+        for j, m in enumerate(pts.modalities):
+            sel = pts.modality == j
+            cols = [f"rgb{tuple(palette[c])}" for c in pts.cls[sel]]
+            text = [f"{name}<br>class {classes[c]}<br>modality {m}<br>sample {s}"
+                    for c, s in zip(pts.cls[sel], pts.sample[sel])]
+            fig.add_trace(go.Scattergl(x=emb[sel, 0], y=emb[sel, 1], mode="markers", name=m, legendgroup=m,
+                                       showlegend=col == 1, text=text, hoverinfo="text",
+                                       marker={"color": cols, "symbol": symbols[j % len(symbols)], "size": 6,
+                                               "line": {"width": 0}}), row=1, col=col)
+    fig.update_layout(height=480, width=max(520, 460 * len(names)), title="t-SNE of per-modality features "
+                      "(colour: class, symbol: modality)", legend_title="modality")
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# IFV maps and CFMs
+
+def plot_ifv_sample(inputs: dict, label, preds: dict, maps: dict[str, dict], b: int, classes, palette,
+                    title: str = ""):
+    """Row 0: the inputs, the label and each model's prediction. Then one row per modality: the IFV
+    maps of every stage for each model (brighter = closer to the class prototype)."""
+    mods = list(inputs)
+    models = list(maps)
+    stages = sorted(next(iter(maps.values()))[mods[0]])
+    ncols = max(len(mods) + 1 + len(preds), len(models) * len(stages))
+    fig, axes = plt.subplots(1 + len(mods), ncols, figsize=(1.7 * ncols, 1.8 * (1 + len(mods))), squeeze=False)
+    for ax in axes.flat:
+        _off(ax)
+        ax.set_frame_on(False)
+    row = axes[0]
+    for j, m in enumerate(mods):
+        row[j].imshow(modality_image(inputs[m]))
+        row[j].set_title(m, fontsize=8)
+    row[len(mods)].imshow(colorize(label, palette))
+    row[len(mods)].set_title("label", fontsize=8)
+    for j, (name, p) in enumerate(preds.items()):
+        row[len(mods) + 1 + j].imshow(colorize(p, palette))
+        row[len(mods) + 1 + j].set_title(f"{name}\nprediction", fontsize=8)
+    im = None
+    for r, m in enumerate(mods, 1):
+        for mi, name in enumerate(models):
+            for si, s in enumerate(stages):
+                ax = axes[r, mi * len(stages) + si]
+                im = ax.imshow(maps[name][m][s]["ifv"][b], cmap="magma", vmin=-1, vmax=1)
+                ax.set_title(f"{name} {m}\nIFV stage {s + 1}", fontsize=7)
+    if im is not None:
+        fig.colorbar(im, ax=axes[1:].ravel().tolist(), shrink=0.6, label="cos(f, CFM)")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_cfm_sample(maps: dict[str, dict], b: int, stage: int, title: str = ""):
+    """Per modality (rows) and model: the stage features and their center feature map, coloured in one
+    shared PCA basis per panel pair (a CFM replaces every labelled pixel by its class prototype)."""
+    models = list(maps)
+    mods = list(next(iter(maps.values())))
+    fig, axes = plt.subplots(len(mods), 2 * len(models), figsize=(1.9 * 2 * len(models), 1.9 * len(mods)),
+                             squeeze=False)
+    for r, m in enumerate(mods):
+        for mi, name in enumerate(models):
+            d = maps[name][m][stage]
+            for k, key in enumerate(("feature_rgb", "cfm_rgb")):
+                ax = axes[r, 2 * mi + k]
+                ax.imshow(d[key][b])
+                _off(ax)
+                ax.set_title(f"{name} {m}\n{'features' if k == 0 else 'CFM'} (stage {stage + 1})", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Sliders: the static grid and the widget app
+
+def plot_state_grid(outputs: Sequence[tuple[str, dict]], palette, title: str = ""):
+    """One row per input state: every modality as the model saw it, the label, prediction and errors."""
+    mods = list(outputs[0][1]["inputs"])
+    ncols = len(mods) + 3
+    fig, axes = plt.subplots(len(outputs), ncols, figsize=(1.35 * ncols, 1.45 * len(outputs)), squeeze=False)
+    for r, (name, out) in enumerate(outputs):
+        ims = [modality_image(out["inputs"][m]) for m in mods] + [
+            colorize(out["label"], palette), colorize(out["pred"], palette), error_image(out["error"])]
+        heads = [*mods, "label", "prediction", "errors"]
+        for c, (img, head) in enumerate(zip(ims, heads)):
+            ax = axes[r, c]
+            ax.imshow(img)
+            _off(ax)
+            if r == 0:
+                ax.set_title(head, fontsize=8)
+        axes[r, 0].set_ylabel(f"{name}\nmIoU {out['miou']:.1f}", fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    return fig
+
+
+class SliderApp:
+    """ipywidgets front end of `analysis.SamplePredictor`: a toggle per modality (description = its name),
+    sliders "<modality> noise" / "dropout" / "blur", the noise type, the synthetic failure case and the
+    protocol; the prediction, error map and the sample's "mIoU: xx.xx" update on every change.
+
+    CSS classes for scripted front ends (the browser test): `wb-toggle-<m>`, `wb-<m>-noise`,
+    `wb-<m>-dropout`, `wb-<m>-blur`, `wb-miou`, `wb-prediction`, `wb-errors`, `wb-input-<m>`."""
+
+    def __init__(self, predictor, classes: Sequence[str], palette, scale: int | None = None):
+        import ipywidgets as W
+
+        from workbench.analysis import NOISE_KINDS, InputState
+
+        self.predictor, self.classes, self.palette = predictor, classes, palette
+        self.state = InputState.clean(predictor.modalities)
+        raw = predictor.raw("auto")
+        h = raw["label"].shape[-1]
+        self.scale = scale or max(1, 192 // h)
+        self.toggles, self.sliders = {}, {}
+        rows = []
+        for m in predictor.modalities:
+            t = W.ToggleButton(value=True, description=m, tooltip=f"switch {m} on/off", icon="check",
+                               button_style="success", layout=W.Layout(width="90px"))
+            t.add_class(f"wb-toggle-{m}")
+            self.toggles[m] = t
+            sl = []
+            for kind, hi, step in (("noise", 1.0, 0.05), ("dropout", 1.0, 0.05), ("blur", 4.0, 0.25)):
+                s = W.FloatSlider(value=0.0, min=0.0, max=hi, step=step, description=f"{m} {kind}",
+                                  continuous_update=False, style={"description_width": "105px"},
+                                  layout=W.Layout(width="320px"))
+                s.add_class(f"wb-{m}-{kind}")
+                self.sliders[(m, kind)] = s
+                sl.append(s)
+            rows.append(W.HBox([t, *sl]))
+        self.noise_kind = W.Dropdown(options=list(NOISE_KINDS), value="gaussian", description="noise type")
+        self.case = W.Dropdown(options=list(predictor.cases), value="auto", description="case")
+        self.protocol = W.Dropdown(options=["drop", "zero"], value="drop", description="protocol")
+        for w in (self.noise_kind, self.case, self.protocol):
+            w.add_class(f"wb-{w.description.replace(' ', '-')}")
+        self.miou = W.HTML(value="mIoU: --")
+        self.miou.add_class("wb-miou")
+        self.info = W.HTML(value="")
+        self.info.add_class("wb-info")
+        self.inputs = {m: W.Image(format="png") for m in predictor.modalities}
+        for m, w in self.inputs.items():
+            w.add_class(f"wb-input-{m}")
+        self.label_img, self.pred_img, self.err_img = (W.Image(format="png") for _ in range(3))
+        self.label_img.add_class("wb-label")
+        self.pred_img.add_class("wb-prediction")
+        self.err_img.add_class("wb-errors")
+
+        def captioned(w, text):
+            return W.VBox([W.HTML(f"<b>{html.escape(text)}</b>"), w])
+
+        images = W.HBox([captioned(self.inputs[m], m) for m in predictor.modalities])
+        outputs = W.HBox([captioned(self.label_img, "label"), captioned(self.pred_img, "prediction"),
+                          captioned(self.err_img, "errors (red)")])
+        self.widget = W.VBox([*rows, W.HBox([self.noise_kind, self.case, self.protocol]), self.miou, self.info,
+                              images, outputs])
+        for w in [*self.toggles.values(), *self.sliders.values(), self.noise_kind, self.case, self.protocol]:
+            w.observe(self._changed, names="value")
+        self.update()
+
+    def _changed(self, _change=None) -> None:
+        self.update()
+
+    def current_state(self):
+        from workbench.analysis import InputState, ModalityState
+
+        mods = {m: ModalityState(on=self.toggles[m].value, noise=self.sliders[(m, "noise")].value,
+                                 dropout=self.sliders[(m, "dropout")].value, blur=self.sliders[(m, "blur")].value)
+                for m in self.predictor.modalities}
+        return InputState(mods, noise_kind=self.noise_kind.value, case=self.case.value, protocol=self.protocol.value)
+
+    def update(self) -> dict:
+        self.state = self.current_state()
+        for t in self.toggles.values():
+            t.icon, t.button_style = ("check", "success") if t.value else ("times", "")
+        out = self.predictor(self.state)
+        for m, w in self.inputs.items():
+            w.value = png_bytes(modality_image(out["inputs"][m]), self.scale)
+        self.label_img.value = png_bytes(colorize(out["label"], self.palette), self.scale)
+        self.pred_img.value = png_bytes(colorize(out["pred"], self.palette), self.scale)
+        self.err_img.value = png_bytes(error_image(out["error"]), self.scale)
+        self.miou.value = f"<span style='font-size:1.4em'>mIoU: {out['miou']:.2f}</span>"
+        meta = out["meta"]
+        self.info.value = (f"sample {html.escape(str(meta.get('file', '')))}, condition "
+                           f"{html.escape(str(meta.get('condition', '-')))}, case {html.escape(str(meta.get('case', '-')))}"
+                           f"; input: {html.escape(self.state.describe())}")
+        self.last = out
+        return out
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
