@@ -241,7 +241,7 @@ def _combo_weights(mods, combos, protocol, device) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_combinations(model, inputs: dict, protocols=("zero", "drop"), combos=None, zero_cache=None,
-                         chunk: int = 16):
+                         chunk: int = 2):
     """Yield (protocol, combos_chunk, logits (C * B, K, H, W)) for every combination from one encoder pass."""
     mods = model.modalities
     combos = combos or combinations(mods)

@@ -34,7 +34,7 @@ def _cast(batches, dtype):
             for b in batches]
 
 
-def bench_profile(profile: str, batches: int, repeats: int, fusion: str) -> dict:
+def bench_profile(profile: str, batches: int, repeats: int, fusion: str, checkpoint: str | None = None) -> dict:
     cfg = preset(profile)
     torch.manual_seed(0)
     ds = dataset_from_config(cfg.data, "val", augment=False)
@@ -44,8 +44,13 @@ def bench_profile(profile: str, batches: int, repeats: int, fusion: str) -> dict
         if i >= batches:
             break
         data.append(b)
-    model = build_model(cfg.model, ds.modalities, ds.num_classes)
-    model.fusion = type(model.fusion)(fusion, model.channels, len(ds.modalities))
+    if checkpoint:  # a trained model: near-tied logits (where summation order can flip argmax) are rare
+        from workbench.methods import load_model
+
+        model = load_model(checkpoint)
+    else:
+        model = build_model(cfg.model, ds.modalities, ds.num_classes)
+        model.fusion = type(model.fusion)(fusion, model.channels, len(ds.modalities))
     model.eval()
     run = lambda one_pass, d: evaluate_combinations(model, d, progress=False, one_pass=one_pass)  # noqa: E731
     t_fast, fast = _time(lambda: run(True, data), repeats)
@@ -69,9 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fusion", default="mean", choices=("mean", "softmax"))
     p.add_argument("--batches", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--checkpoint", default=None, help="time a trained model (its own profile's data) instead of "
+                   "a randomly initialized one; use with a single --profiles entry")
     args = p.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
-    rows = [bench_profile(pr, args.batches, args.repeats, args.fusion) for pr in args.profiles.split(",")]
+    rows = [bench_profile(pr, args.batches, args.repeats, args.fusion, args.checkpoint)
+            for pr in args.profiles.split(",")]
     print(f"{'profile':<8}{'fusion':<9}{'images':>7}{'naive s':>10}{'one-pass s':>12}{'speedup':>9}  identical(f32/f64)")
     for r in rows:
         print(f"{r['profile']:<8}{r['fusion']:<9}{r['images']:>7}{r['naive_s']:>10.3f}{r['one_pass_s']:>12.3f}"
