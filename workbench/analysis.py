@@ -69,6 +69,23 @@ def load_trained(method: str, profile: str, seed: int = 0, overrides: dict | Non
     return load_model(result.checkpoint, resolve_device(device), which), cfg, result
 
 
+def evaluate_run(cfg: Config, split: str = "test", which: str = "model", progress: bool = False):
+    """(all-combination results, TrainResult) of a config: trains or reuses it, evaluates both protocols
+    and caches the result beside the run under the same name as `study.evaluate_preset`, so the two share
+    it. Takes a config rather than a method name, e.g. `cfg.teacher_config()`: the teacher a student run
+    actually started from."""
+    from workbench import pipeline
+    from workbench.evaluate import evaluate_checkpoint
+
+    result = pipeline.run(cfg, progress=progress)
+    cache = result.run_dir / f"combos_{split}_{which}.state.json"
+    if cache.exists():
+        return CombinationResults.from_state(json.loads(cache.read_text())), result
+    res = evaluate_checkpoint(result.checkpoint, split=split, which=which, progress=progress)
+    cache.write_text(json.dumps(res.state()))
+    return res, result
+
+
 def model_label(method: str, which: str = "model") -> str:
     """How figures name a model: `robustseg`, `robustseg teacher`, ..."""
     return method if which == "model" else f"{method} {which}"

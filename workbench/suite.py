@@ -82,8 +82,9 @@ def ensure_kernel(name: str = KERNEL_NAME) -> str:
     root = runs_dir() / "suite" / "jupyter"
     spec_dir = root / "kernels" / name
     spec_dir.mkdir(parents=True, exist_ok=True)
-    # log level ERROR: the kernel's warning that local TCP is unencrypted would fill the suite's output
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "--log-level=ERROR", "-f", "{connection_file}"],
+    # the kernel's own log (a warning that local TCP is unencrypted, an interrupt at shutdown) would fill
+    # the suite's output; errors in cells are reported from the executed notebook instead
+    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "--log-level=CRITICAL", "-f", "{connection_file}"],
             "display_name": "Python 3 (workbench)", "language": "python", "metadata": {"debugger": True}}
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
     paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
@@ -212,10 +213,22 @@ def _read_csv(path: Path) -> list[dict]:
         return [{k: num(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-def _runs(profile: str) -> list[dict]:
-    """The cached runs of this profile whose config is current (stale caches of older code are left out)."""
-    from workbench.config import Config
+def _runs(profile: str, outcomes: list[Outcome]) -> list[dict]:
+    """The cached runs the notebooks use: every method preset of this profile (and the students' teacher)
+    at the seeds the notebooks ran with (`seed`, and `seeds` of the ablation), identified by config hash,
+    so sweeps and stale caches in the same folder stay out of the report."""
+    from workbench.config import METHODS, Config
+    from workbench.study import config_for
 
+    seeds = {0}
+    for o in outcomes:
+        seeds.add(int(o.parameters.get("seed", 0)))
+        seeds.update(int(x) for x in (o.parameters.get("seeds") or []))
+    try:
+        cfgs = [config_for(m, profile, s) for m in METHODS for s in sorted(seeds)]
+        wanted = {c.hash() for c in cfgs} | {c.teacher_config().hash() for c in cfgs if c.distill.enabled}
+    except Exception:  # a profile whose data cannot be described here: list nothing rather than fail the report
+        return []
     preset_profile = "tiny" if profile == "smoke" else profile
     out = []
     for d in sorted((runs_dir() / "cache").glob("*")):
@@ -226,7 +239,7 @@ def _runs(profile: str) -> list[dict]:
             cfg = Config.from_dict(json.loads(cfg_path.read_text()))
         except Exception:  # written by an incompatible version: not part of this report
             continue
-        if cfg.profile != preset_profile or not d.name.endswith(cfg.hash()):
+        if cfg.profile != preset_profile or not d.name.endswith(cfg.hash()) or cfg.hash() not in wanted:
             continue
         last_val = {}
         metrics = d / "metrics.jsonl"
@@ -240,11 +253,15 @@ def _runs(profile: str) -> list[dict]:
 
 
 def _entries(profile: str, outcomes: list[Outcome], root: Path) -> dict[str, list[dict]]:
+    """What each notebook saved: those of this run first, then (after `--only`) the other notebooks'
+    figures of this profile from an earlier run, so the report stays complete."""
+    names = [o.name for o in outcomes]
+    names += sorted(p.parent.name for p in (root / profile).glob("*/index.json") if p.parent.name not in names)
     out = {}
-    for o in outcomes:
-        index = root / profile / o.name / "index.json"
+    for name in names:
+        index = root / profile / name / "index.json"
         if index.exists():
-            out[o.name] = json.loads(index.read_text())["entries"]
+            out[name] = json.loads(index.read_text())["entries"]
     return out
 
 
@@ -256,7 +273,7 @@ def write_report(outcomes: list[Outcome], profile: str, seconds: float, root: Pa
     root = Path(root or figures_dir())
     root.mkdir(parents=True, exist_ok=True)
     vers, commit = versions(), git_commit()
-    runs = _runs(profile)
+    runs = _runs(profile, outcomes)
     entries = _entries(profile, outcomes, root)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     status_rows = [{"notebook": o.name, "status": o.status, "seconds": round(o.seconds, 1),
@@ -278,8 +295,9 @@ def write_report(outcomes: list[Outcome], profile: str, seconds: float, root: Pa
            "## Trained runs and their configs", "", markdown_table(run_rows) if run_rows else "(none)", ""]
     for r in runs:
         md += [f"<details><summary>{r['run']} config</summary>", "", "```json", r["config"], "```", "", "</details>", ""]
+    ran = {o.name for o in outcomes}
     for name, items in entries.items():
-        md += [f"## {name}", ""]
+        md += [f"## {name}", ""] + ([] if name in ran else ["(not run this time: figures from an earlier run)", ""])
         for e in items:
             md += [f"### {e['title']}", ""] + ([e["caption"], ""] if e.get("caption") else [])
             files = {k: f"{profile}/{name}/{v}" for k, v in e["files"].items()}
@@ -307,7 +325,8 @@ def write_report(outcomes: list[Outcome], profile: str, seconds: float, root: Pa
               "<h2>Trained runs and their configs</h2>", html_table(run_rows) if run_rows else "<p>(none)</p>"]
     parts += [f"<details><summary>{esc(r['run'])} config</summary><pre>{esc(r['config'])}</pre></details>" for r in runs]
     for name, items in entries.items():
-        parts.append(f"<h2>{esc(name)}</h2>")
+        parts.append(f"<h2>{esc(name)}</h2>" + ("" if name in ran else
+                                                "<p>(not run this time: figures from an earlier run)</p>"))
         for e in items:
             files = {k: f"{profile}/{name}/{v}" for k, v in e["files"].items()}
             parts.append(f"<h3>{esc(e['title'])}</h3>" + (f"<p>{esc(e['caption'])}</p>" if e.get("caption") else ""))
