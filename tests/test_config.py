@@ -42,3 +42,9 @@ def test_hash_ignores_cosmetic_keys_but_not_training_ones():
     assert apply_overrides(a, ["train.device=cpu"]).hash() == a.hash()
     assert apply_overrides(a, ["train.seed=1"]).hash() != a.hash()
     assert preset("hpd", "tiny").hash() != preset("robustseg", "tiny").hash()
+
+
+def test_a_baseline_hash_ignores_unused_distillation_weights():
+    """The ablation's baseline row and a student's teacher are the same cached run."""
+    for profile in ("tiny", "quick", "paper"):
+        assert preset("baseline", profile).hash() == preset("robustseg", profile).teacher_config().hash()

@@ -215,6 +215,8 @@ class Config:
         for k in ("device", "val_every", "ckpt_every"):
             d["train"].pop(k)
         d["data"].pop("num_workers")
+        if not self.distill.enabled:  # a baseline is the same run whatever the (unused) loss weights say
+            d["distill"] = {"enabled": False}
         if self.data.dataset == "synthetic":  # regenerated data must not hit an old cache
             from workbench.data.synthetic import VERSION
 
