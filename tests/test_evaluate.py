@@ -95,3 +95,17 @@ def test_results_save_and_reload(tmp_path):
     assert paths["csv"].read_text().startswith("protocol,combo")
     again = CombinationResults.from_state(res.state())
     assert again.emm("drop") == res.emm("drop")
+
+
+def test_sliding_window_with_one_window_equals_whole_image_and_covers_every_pixel():
+    torch.manual_seed(0)
+    ds = build_dataset("synthetic", "val", size=64, num_samples=2)
+    loader = list(DataLoader(ds, batch_size=2, collate_fn=collate))
+    model = Segmentor(ds.modalities, ds.num_classes, head_dim=16).double()
+    loader = [{k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in b.items()}
+              for b in loader]
+    whole = evaluate_combinations(model, loader, progress=False)
+    same = evaluate_combinations(model, loader, progress=False, window=64)
+    assert all(torch.equal(whole.cms[k], same.cms[k]) for k in whole.cms)
+    slid = evaluate_combinations(model, loader, progress=False, window=32, stride=16)
+    assert all(int(v.sum()) == int(whole.cms[k].sum()) for k, v in slid.cms.items())

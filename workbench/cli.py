@@ -45,7 +45,7 @@ def cmd_evaluate(args) -> int:
     protocols = ("zero", "drop") if args.protocol == "both" else (args.protocol,)
     res = evaluate_checkpoint(args.checkpoint, split=args.split, protocols=protocols, which=args.which,
                               device=args.device, one_pass=not args.naive, convention=args.convention,
-                              progress=not args.quiet)
+                              progress=not args.quiet, window=args.window)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     paths = res.save(out, prefix=f"combos_{args.split}_{args.which}")
     print(f"All-combination mIoU (%) on {args.split} ({args.which}, {res.convention} convention):")
@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--convention", default="deliver", choices=("deliver", "present"))
     e.add_argument("--device", default="auto")
     e.add_argument("--naive", action="store_true", help="one forward per combination (reference)")
+    e.add_argument("--window", type=int, default=None, help="sliding-window inference with this window (pixels)")
     e.add_argument("--out", default=None)
     e.add_argument("--quiet", action="store_true")
 

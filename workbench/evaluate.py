@@ -284,6 +284,37 @@ def predict_combinations(model, inputs: dict, protocols=("zero", "drop"), combos
             yield protocol, part, out
 
 
+def _window_starts(n: int, window: int, stride: int) -> list[int]:
+    if n <= window:
+        return [0]
+    starts = list(range(0, n - window + 1, stride))
+    return starts if starts[-1] == n - window else starts + [n - window]
+
+
+@torch.no_grad()
+def predict_sliding(model, inputs: dict, protocols=("zero", "drop"), combos=None, zero_cache=None,
+                    window: int = 1024, stride: int = 768):
+    """Sliding-window inference (large images at the reference resolution): windows of `window`
+    pixels every `stride`, overlapping logits averaged; every window is one pass over all combinations.
+    Yields the same (protocol, combos, logits (C * B, K, H, W)) as `predict_combinations`."""
+    mods = model.modalities
+    combos = combos or combinations(mods)
+    x0 = inputs[mods[0]]
+    b, (h, w) = x0.shape[0], x0.shape[-2:]
+    zero_cache = zero_cache or _ZeroCache(model)
+    for protocol in protocols:
+        acc = x0.new_zeros(len(combos) * b, model.num_classes, h, w)
+        count = x0.new_zeros(1, 1, h, w)
+        for top in _window_starts(h, window, stride):
+            for left in _window_starts(w, window, stride):
+                crop = {m: inputs[m][..., top:top + window, left:left + window] for m in mods}
+                _, _, logits = next(predict_combinations(model, crop, (protocol,), combos, zero_cache,
+                                                         chunk=len(combos)))
+                acc[..., top:top + window, left:left + window] += logits
+                count[..., top:top + window, left:left + window] += 1
+        yield protocol, combos, (acc / count).contiguous(memory_format=torch.channels_last)
+
+
 @torch.no_grad()
 def predict_naive(model, inputs: dict, protocols=("zero", "drop"), combos=None):
     """The reference: one full forward per combination and protocol (same output format)."""
@@ -298,11 +329,13 @@ def predict_naive(model, inputs: dict, protocols=("zero", "drop"), combos=None):
 @torch.no_grad()
 def evaluate_combinations(model, loader, protocols=("zero", "drop"), combos=None, device=None, one_pass=True,
                           convention="deliver", classes=None, progress=True, desc="eval",
-                          reduce_fn=None, conditions=None) -> CombinationResults:
+                          reduce_fn=None, conditions=None, window: int | None = None,
+                          stride: int | None = None) -> CombinationResults:
     """Confusion matrices for every combination and protocol over a loader (model in eval mode).
 
     `reduce_fn(tensor)` sums confusion matrices across processes (DDP sharded evaluation); with it,
-    pass the dataset's `conditions` so that every process holds the same keys."""
+    pass the dataset's `conditions` so that every process holds the same keys. `window` (and `stride`,
+    default 3/4 of it) switches to sliding-window inference for images larger than the training crop."""
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
@@ -321,8 +354,12 @@ def evaluate_combinations(model, loader, protocols=("zero", "drop"), combos=None
                 raise ValueError(f"labels outside 0..{k - 1} (255 = ignore) in batch with {batch['meta'][0]}")
             cond_names = sorted(set(conds))
             cond_idx = torch.tensor([cond_names.index(c) for c in conds], device=labels.device)
-            preds = (predict_combinations(model, inputs, protocols, combos, zero_cache) if one_pass
-                     else predict_naive(model, inputs, protocols, combos))
+            if window:
+                preds = predict_sliding(model, inputs, protocols, combos, zero_cache, window, stride or window * 3 // 4)
+            elif one_pass:
+                preds = predict_combinations(model, inputs, protocols, combos, zero_cache)
+            else:
+                preds = predict_naive(model, inputs, protocols, combos)
             for protocol, part, logits in preds:
                 # one bincount per chunk over (combo, condition, target, prediction)
                 c = len(part)
@@ -350,7 +387,8 @@ def evaluate_combinations(model, loader, protocols=("zero", "drop"), combos=None
 
 def evaluate_checkpoint(checkpoint, split: str = "test", protocols=("zero", "drop"), which: str = "model",
                         device: str = "auto", batch_size: int | None = None, one_pass: bool = True,
-                        convention: str = "deliver", progress: bool = True, data_overrides: dict | None = None):
+                        convention: str = "deliver", progress: bool = True, data_overrides: dict | None = None,
+                        window: int | None = None):
     """All-combination results of a saved model on a split of its own dataset config."""
     from torch.utils.data import DataLoader
 
@@ -371,4 +409,4 @@ def evaluate_checkpoint(checkpoint, split: str = "test", protocols=("zero", "dro
                         num_workers=cfg.data.num_workers)
     return evaluate_combinations(model, loader, protocols=protocols, device=dev, one_pass=one_pass,
                                  convention=convention, classes=ds.classes, progress=progress,
-                                 desc=f"{cfg.name}/{which} {split}", conditions=ds.conditions or None)
+                                 desc=f"{cfg.name}/{which} {split}", conditions=ds.conditions or None, window=window)
