@@ -94,8 +94,8 @@ class Distiller(Supervised):
             p.requires_grad_(False)
         self.teacher_opt = None
         if self.d.feedback:
-            params = [p for m in self.teacher.modalities for p in self.teacher.encoder(m).parameters()]
-            self.teacher_opt = torch.optim.AdamW(params, lr=cfg.train.lr * self.d.feedback_lr_scale,
+            self.teacher_opt = torch.optim.AdamW(self._teacher_encoder_params(),
+                                                 lr=cfg.train.lr * self.d.feedback_lr_scale,
                                                  weight_decay=cfg.train.weight_decay)
         self._cache: dict = {}
         self._reset_counts()
@@ -119,8 +119,14 @@ class Distiller(Supervised):
         else:
             present = L.anymodal_dropout(b, m, gen, d.dropout).to(labels.device) & batch["present"]
             present[~present.any(1)] = batch["present"][~present.any(1)]
-        with torch.no_grad():
-            t_out = self.teacher(inputs, batch["present"], "drop")  # the teacher sees everything
+        if d.feedback:  # one teacher forward serves both steps: record its graph for the feedback step
+            for p in self._teacher_encoder_params():
+                p.requires_grad_(True)
+            with torch.enable_grad():
+                t_out = self.teacher(inputs, batch["present"], "drop")  # the teacher sees everything
+        else:
+            with torch.no_grad():
+                t_out = self.teacher(inputs, batch["present"], "drop")
         s_out = self.net(inputs, present, self.cfg.train.protocol)
 
         out = {"ce": segmentation_loss(self.cfg, s_out.logits, labels)}
@@ -151,7 +157,7 @@ class Distiller(Supervised):
         for j, name in enumerate(mods):
             out[f"primary/{name}"] = primary[:, j].float().mean()
         if d.feedback:  # kept for the feedback step after the student's optimizer step
-            self._cache = {"sim": sim, "present": present,
+            self._cache = {"sim": sim, "present": present, "teacher_out": t_out,
                            "student_features": {n: [f.detach() for f in fs] for n, fs in s_out.features.items()}}
         return out
 
@@ -164,17 +170,19 @@ class Distiller(Supervised):
         self.counts["primary_batch"] += primary_b.float()
         self.counts["batches"] += 1
         trainable = [n for n, p in zip(mods, primary_b.tolist()) if not p]
-        for n in mods:
-            for p in self.teacher.encoder(n).parameters():
-                p.requires_grad_(n in trainable)
-        t_out = self.teacher(_inputs(batch, mods), batch["present"], "drop")
+        # the teacher has not changed since the student step's forward, so its recorded graph is reused;
+        # gradients are taken only for the non-primary encoders (primary ones, fusion and head stay put)
+        t_out = self._cache["teacher_out"]
         mask = (~primary_b.to(labels.device))[None].expand(labels.shape[0], -1) & self._cache["present"]
         ce = segmentation_loss(self.cfg, t_out.logits, labels)
         ifv = L.ifv_loss(t_out.features, self._cache["student_features"], labels, self.teacher.num_classes, mask,
                          self.d.stages, self.d.ifv_divergence, self.d.ifv_temperature, modalities=mods)
         loss = ce + ifv
         self.teacher_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        params = [p for n in trainable for p in self.teacher.encoder(n).parameters()]
+        if params:
+            for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
+                p.grad = g
         if self.ctx is not None and self.ctx.enabled:
             for p in self.teacher.parameters():
                 if p.grad is not None:
@@ -188,6 +196,9 @@ class Distiller(Supervised):
         return {"feedback/ce": float(ce.detach()), "feedback/ifv": float(ifv.detach()),
                 "feedback/loss": float(loss.detach()),
                 **{f"feedback/trained/{n}": float(n in trainable) for n in mods}}
+
+    def _teacher_encoder_params(self) -> list[torch.Tensor]:
+        return [p for n in self.teacher.modalities for p in self.teacher.encoder(n).parameters()]
 
     def validation_logs(self) -> dict[str, float]:
         """How often each modality was primary (the modality-bias signal) and kept, since the last call."""
