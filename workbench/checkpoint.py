@@ -62,13 +62,18 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return state
 
 
+def key_mismatches(target: dict, state_dict: dict, target_name: str = "model") -> tuple[list, list, list]:
+    """(missing, unexpected, shape mismatches) of `state_dict` against the `target` state dict."""
+    missing = [k for k in target if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in target]
+    shape = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs {target_name} {tuple(v.shape)}"
+             for k, v in target.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    return missing, unexpected, shape
+
+
 def load_state_strict(module: torch.nn.Module, state_dict: dict, what: str = "model") -> None:
     """load_state_dict(strict=True) with an error that lists what does not match."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shape = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-             for k, v in own.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    missing, unexpected, shape = key_mismatches(module.state_dict(), state_dict)
     if missing or unexpected or shape:
         parts = []
         if missing:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from workbench.checkpoint import key_mismatches
 from workbench.models.encoders import MIT_DEPTHS, MIT_WIDTHS, build_encoder
 
 VARIANTS = tuple(name.removeprefix("mit_") for name in MIT_DEPTHS)  # b0..b5
@@ -181,10 +182,7 @@ def _variant_hint(state_dict: Mapping[str, torch.Tensor], target: Mapping[str, t
 
 def _check_fits(state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], what: str) -> None:
     """ValueError unless the key sets are equal and every shape matches."""
-    missing = [k for k in target if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in target]
-    wrong = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs encoder {tuple(target[k].shape)}"
-             for k in target if k in state_dict and state_dict[k].shape != target[k].shape]
+    missing, unexpected, wrong = key_mismatches(target, state_dict, "encoder")
     if not (missing or unexpected or wrong):
         return
     parts = []
