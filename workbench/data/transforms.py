@@ -10,7 +10,6 @@ All randomness comes from an explicit `torch.Generator`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -150,12 +149,3 @@ def train_transform(size: int) -> Compose:
 def eval_transform(size: int | None) -> Compose:
     steps: list[Transform] = [] if size is None else [lambda s, g: resize_short(s, size)]
     return Compose(steps + [normalize])
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int = 32, value: float = 0.0) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad (..., H, W) at the bottom/right to a multiple of the encoder stride; returns the original size."""
-    h, w = x.shape[-2:]
-    ph, pw = (math.ceil(h / multiple) * multiple - h), (math.ceil(w / multiple) * multiple - w)
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), value=value)
-    return x, (h, w)

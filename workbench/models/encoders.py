@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import timm
-import torch
 from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,7 +39,7 @@ def _create(name: str, in_chans: int, drop_path: float) -> nn.Module:
     if name in MIT_DEPTHS:
         return timm.create_model(f"pvt_v2_{name[-2:]}", mlp_ratios=(4, 4, 4, 4), drop_path_rate=drop_path, **common)
     if name not in timm.list_models():
-        raise KeyError(f"unknown encoder {name!r}; valid: mit_tiny, {', '.join(MIT_DEPTHS)}, or a timm model name "
+        raise KeyError(f"unknown encoder {name!r}; valid: {', '.join(encoder_names()[:-1])}, or a timm model name "
                        f"(see timm.list_models()), e.g. test_convnext, resnet18")
     try:
         return timm.create_model(name, **common)
@@ -66,8 +65,3 @@ def build_encoder(name: str, in_chans: int = 3, weights: str | Path | None = Non
 
 def encoder_channels(enc: nn.Module) -> tuple[int, ...]:
     return tuple(enc.feature_info.channels())
-
-
-def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """AdamW reference recipe: no weight decay on 1-D parameters (norms, biases)."""
-    return param.ndim <= 1
