@@ -33,9 +33,15 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     cfg = _cfg()
-    res = train(cfg, os.path.join(out, "run"), progress=False)
-    model = load_model(res.checkpoint)
-    # every rank's own copy of the weights after training (DDP keeps them in sync)
+    import workbench.train as train_module
+
+    made = []
+    build = train_module.build_method
+    train_module.build_method = lambda *a, **k: made.append(build(*a, **k)) or made[-1]
+    train(cfg, os.path.join(out, "run"), progress=False)
+    # every rank's own in-memory weights after training (DDP keeps parameters in sync; buffers are
+    # rank 0's, broadcast after every epoch), not rank 0's checkpoint
+    model = made[0].model.eval()
     ctx = DistContext.from_env("cpu")
     torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
     ds = dataset_from_config(cfg.data, "val", augment=False)
@@ -65,3 +71,37 @@ def test_two_process_training_keeps_ranks_identical_and_sharded_eval_is_exact(tm
     sharded = torch.load(tmp_path / "sharded.pt")
     assert sharded.keys() == single.cms.keys()
     assert all(torch.equal(sharded[k], single.cms[k]) for k in sharded)
+
+
+def _distill_worker(rank: int, world: int, port: int, out: str, teacher: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    cfg = apply_overrides(preset("robustseg", "tiny"), {"data.train_samples": 16, "data.val_samples": 4,
+                                                        "train.epochs": 1, "data.batch_size": 2,
+                                                        "train.device": "cpu"})
+    import workbench.train as train_module
+
+    made = []
+    build = train_module.build_method
+    train_module.build_method = lambda *a, **k: made.append(build(*a, **k)) or made[-1]
+    train(cfg, os.path.join(out, "student"), progress=False, teacher_checkpoint=teacher)
+    # this rank's own in-memory student and (feedback-updated) teacher, not rank 0's checkpoint
+    method = made[0]
+    torch.save({"student": method.model.state_dict(), "teacher": method.teacher.state_dict()},
+               os.path.join(out, f"distill_rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_distillation_with_feedback_keeps_student_and_teacher_in_sync(tmp_path):
+    base = train(apply_overrides(preset("tiny"), {"data.train_samples": 16, "data.val_samples": 4,
+                                                  "train.epochs": 1, "data.batch_size": 2}),
+                 tmp_path / "teacher", progress=False)
+    mp.spawn(_distill_worker, args=(2, _free_port(), str(tmp_path), str(base.checkpoint)), nprocs=2, join=True)
+    a, b = torch.load(tmp_path / "distill_rank0.pt"), torch.load(tmp_path / "distill_rank1.pt")
+    for part in ("student", "teacher"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    before = load_model(base.checkpoint).state_dict()
+    assert any(not torch.equal(before[k], a["teacher"][k]) for k in before)  # feedback moved the teacher

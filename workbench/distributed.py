@@ -48,6 +48,13 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Rank 0's buffers (BN running statistics) to every rank: DDP broadcasts them only at the start
+        of a forward, so after the last step each rank holds its own; evaluation needs one model."""
+        if self.enabled:
+            for b in module.buffers():
+                dist.broadcast(b, 0)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

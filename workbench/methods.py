@@ -166,7 +166,10 @@ class Distiller(Supervised):
         if not self.d.feedback:
             return {}
         mods, labels = self.teacher.modalities, batch["label"]
-        primary_b = L.asm_primary_batch(self._cache["sim"]).cpu()  # (M,) per batch
+        sim = self._cache["sim"].mean(0)
+        if self.ctx is not None and self.ctx.enabled:  # one decision for the global batch: every rank
+            sim = self.ctx.all_reduce_sum(sim) / self.ctx.world_size  # trains the same encoders
+        primary_b = L.asm_primary(sim).cpu()  # (M,) per batch (ASM on the batch-mean similarity)
         self.counts["primary_batch"] += primary_b.float()
         self.counts["batches"] += 1
         trainable = [n for n, p in zip(mods, primary_b.tolist()) if not p]
@@ -182,10 +185,8 @@ class Distiller(Supervised):
         params = [p for n in trainable for p in self.teacher.encoder(n).parameters()]
         if params:
             for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
-                p.grad = g
-        if self.ctx is not None and self.ctx.enabled:
-            for p in self.teacher.parameters():
-                if p.grad is not None:
+                p.grad = torch.zeros_like(p) if g is None else g
+                if self.ctx is not None and self.ctx.enabled:
                     p.grad = self.ctx.all_reduce_sum(p.grad) / self.ctx.world_size
         for g in self.teacher_opt.param_groups:
             g["lr"] = lr * self.d.feedback_lr_scale

@@ -204,6 +204,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                 break
         bar.close()
         last_epoch = epoch + 1 == cfg.train.epochs or done
+        ctx.broadcast_buffers(method.model)
         if cfg.train.val_every and ((epoch + 1) % cfg.train.val_every == 0 or last_epoch):
             res = evaluate_combinations(method.model, val_loader, protocols=(cfg.train.protocol,), device=device,
                                         classes=train_ds.classes, progress=False,
