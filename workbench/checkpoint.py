@@ -62,27 +62,30 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return state
 
 
-def key_mismatches(target: dict, state_dict: dict, target_name: str = "model") -> tuple[list, list, list]:
-    """(missing, unexpected, shape mismatches) of `state_dict` against the `target` state dict."""
+def describe_mismatches(target: dict, state_dict: dict, target_name: str = "model", listed: int = 8) -> str:
+    """What keeps `state_dict` from loading strictly into `target` ('' when nothing): missing keys,
+    unexpected keys and shape mismatches, each counted with the first few named."""
+
+    def listing(items: list[str]) -> str:
+        more = f", ... ({len(items) - listed} more)" if len(items) > listed else ""
+        return f"{', '.join(sorted(items)[:listed])}{more} ({len(items)})"
+
     missing = [k for k in target if k not in state_dict]
     unexpected = [k for k in state_dict if k not in target]
     shape = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs {target_name} {tuple(v.shape)}"
              for k, v in target.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
-    return missing, unexpected, shape
+    parts = [f"missing keys (in the {target_name}, not in the checkpoint): {listing(missing)}" if missing else "",
+             f"unexpected keys (in the checkpoint, not in the {target_name}): {listing(unexpected)}" if unexpected
+             else "",
+             f"shape mismatches: {listing(shape)}" if shape else ""]
+    return "; ".join(p for p in parts if p)
 
 
 def load_state_strict(module: torch.nn.Module, state_dict: dict, what: str = "model") -> None:
     """load_state_dict(strict=True) with an error that lists what does not match."""
-    missing, unexpected, shape = key_mismatches(module.state_dict(), state_dict)
-    if missing or unexpected or shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-        if shape:
-            parts.append(f"{len(shape)} shape mismatches (e.g. {'; '.join(shape[:3])})")
-        raise CheckpointError(f"the checkpoint does not match the {what}: {'; '.join(parts)}. Build the model "
+    problems = describe_mismatches(module.state_dict(), state_dict, what)
+    if problems:
+        raise CheckpointError(f"the checkpoint does not match the {what}: {problems}. Build the model "
                               f"from the checkpoint's own config (its 'config' entry / config.json)")
     module.load_state_dict(state_dict, strict=True)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from workbench.checkpoint import key_mismatches
+from workbench.checkpoint import describe_mismatches
 from workbench.models.encoders import MIT_DEPTHS, MIT_WIDTHS, build_encoder
 
 VARIANTS = tuple(name.removeprefix("mit_") for name in MIT_DEPTHS)  # b0..b5
@@ -182,17 +182,10 @@ def _variant_hint(state_dict: Mapping[str, torch.Tensor], target: Mapping[str, t
 
 def _check_fits(state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], what: str) -> None:
     """ValueError unless the key sets are equal and every shape matches."""
-    missing, unexpected, wrong = key_mismatches(target, state_dict, "encoder")
-    if not (missing or unexpected or wrong):
+    problems = describe_mismatches(target, state_dict, "encoder", _MAX_LISTED)
+    if not problems:
         return
-    parts = []
-    if missing:
-        parts.append(f"missing keys (in the encoder, not in the checkpoint): {_listing(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys (in the checkpoint, not in the encoder): {_listing(unexpected)}")
-    if wrong:
-        parts.append(f"shape mismatches: {_listing(wrong)}")
-    raise ValueError(f"{what} does not fit the encoder: " + "; ".join(parts) + "." + _variant_hint(state_dict, target)
+    raise ValueError(f"{what} does not fit the encoder: " + problems + "." + _variant_hint(state_dict, target)
                      + " Use the checkpoint of the same encoder and variant; convert official SegFormer files with "
                        "`python -m workbench weights import-mit SRC --variant bN --out DST`.")
 
