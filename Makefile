@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= quick
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: venv test suite smoke lint bench clean-runs
 

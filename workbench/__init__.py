@@ -9,5 +9,9 @@ import os
 
 # Nothing is fetched at run time: timm must never reach the hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# OpenMP threads that wait for work sleep instead of spinning: on a shared or busy CPU, spinning threads
+# burn the cores other jobs need (measured by `python -m workbench bench contention`). Read once, when
+# torch first loads OpenMP, so it must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
