@@ -11,7 +11,7 @@ def test_every_preset_builds_and_roundtrips():
 
 
 def test_unknown_preset_lists_valid_names():
-    with pytest.raises(ConfigError, match="valid presets: .*robustseg"):
+    with pytest.raises(KeyError, match="valid presets: .*robustseg"):
         preset("robustsegg")
 
 

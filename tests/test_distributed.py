@@ -13,7 +13,7 @@ from workbench.config import apply_overrides, preset
 from workbench.data import Collate, dataset_from_config
 from workbench.distributed import DistContext, ShardSampler
 from workbench.evaluate import evaluate_combinations
-from workbench.methods import load_model
+from workbench.models import load_model
 from workbench.train import train
 
 

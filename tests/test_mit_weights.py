@@ -11,12 +11,12 @@ import pytest
 import timm
 import torch
 
+from workbench.cli import main
 from workbench.models.encoders import build_encoder
 from workbench.models.mit_weights import (
     guess_variant,
     import_mit,
     load_encoder_weights,
-    main,
     official_to_timm,
 )
 
@@ -73,7 +73,7 @@ def test_key_mapping_by_hand():
 
 
 def test_official_checkpoint_matches_smp(official_file, smp_b0):
-    enc = build_encoder("mit_b0", 3, weights=official_file)
+    enc = load_encoder_weights(build_encoder("mit_b0", 3), official_file)
     _stages_equal_smp(enc, smp_b0)
 
 
@@ -81,16 +81,16 @@ def test_official_checkpoint_matches_smp(official_file, smp_b0):
 def test_wrapped_checkpoint_loads(tmp_path, official_sd, smp_b0, wrapper):
     path = tmp_path / "wrapped.pth"
     torch.save({wrapper: official_sd, "epoch": 300}, path)
-    _stages_equal_smp(build_encoder("mit_b0", 3, weights=path), smp_b0)
+    _stages_equal_smp(load_encoder_weights(build_encoder("mit_b0", 3), path), smp_b0)
 
 
 def test_import_mit_and_cli(tmp_path, official_file, smp_b0):
     out = import_mit(official_file, "b0", tmp_path / "conv" / "mit_b0_timm.pth")
     assert set(torch.load(out, weights_only=True)) == set(build_encoder("mit_b0").state_dict())
-    _stages_equal_smp(build_encoder("mit_b0", 3, weights=out), smp_b0)
+    _stages_equal_smp(load_encoder_weights(build_encoder("mit_b0", 3), out), smp_b0)
     cli_out = tmp_path / "cli.pth"
-    assert main(["import-mit", str(official_file), "--variant", "b0", "--out", str(cli_out)]) == 0
-    _stages_equal_smp(build_encoder("mit_b0", 3, weights=cli_out), smp_b0)
+    assert main(["weights", "import-mit", str(official_file), "--variant", "b0", "--out", str(cli_out)]) == 0
+    _stages_equal_smp(load_encoder_weights(build_encoder("mit_b0", 3), cli_out), smp_b0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli.pth", "conv", "mit_b0_official.pth"]  # no temp left
 
 
@@ -109,7 +109,7 @@ def test_mixed_official_and_timm_names_is_an_error(tmp_path, official_sd):
     sd["stages_0.norm.weight"] = sd["norm1.weight"]
     torch.save(sd, tmp_path / "mixed.pth")
     with pytest.raises(ValueError, match="mixes official SegFormer and timm names"):
-        build_encoder("mit_b0", 3, weights=tmp_path / "mixed.pth")
+        load_encoder_weights(build_encoder("mit_b0", 3), tmp_path / "mixed.pth")
 
 
 def test_missing_and_unexpected_keys_are_listed(tmp_path, official_sd):
@@ -118,7 +118,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path, official_sd):
     sd["block2.1.mlp.extra.weight"] = torch.zeros(1)
     torch.save(sd, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="missing keys") as info:
-        build_encoder("mit_b0", 3, weights=tmp_path / "bad.pth")
+        load_encoder_weights(build_encoder("mit_b0", 3), tmp_path / "bad.pth")
     msg = str(info.value)
     assert "stages_1.blocks.1.mlp.fc1.weight" in msg and "stages_1.blocks.1.mlp.extra.weight" in msg
     assert "unexpected keys" in msg and "bad.pth" in msg
@@ -129,9 +129,9 @@ def test_truncated_or_absent_file_is_a_clear_error(tmp_path, official_file):
     bad = tmp_path / "truncated.pth"
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"cannot read checkpoint .*truncated\.pth.*truncated or corrupt"):
-        build_encoder("mit_b0", 3, weights=bad)
+        load_encoder_weights(build_encoder("mit_b0", 3), bad)
     with pytest.raises(FileNotFoundError, match="absent.pth"):
-        build_encoder("mit_b0", 3, weights=tmp_path / "absent.pth")
+        load_encoder_weights(build_encoder("mit_b0", 3), tmp_path / "absent.pth")
 
 
 def test_wrong_variant_is_detected(tmp_path, official_file, official_sd):
@@ -139,20 +139,20 @@ def test_wrong_variant_is_detected(tmp_path, official_file, official_sd):
     with pytest.raises(ValueError, match="MiT-B0, not MiT-B1: use --variant b0"):
         import_mit(official_file, "b1", tmp_path / "x.pth")
     assert not (tmp_path / "x.pth").exists()
-    assert main(["import-mit", str(official_file), "--variant", "b2", "--out", str(tmp_path / "y.pth")]) == 1
+    assert main(["weights", "import-mit", str(official_file), "--variant", "b2", "--out", str(tmp_path / "y.pth")]) == 1
     with pytest.raises(ValueError, match=r"shape mismatches.*looks like MiT-B0"):
-        build_encoder("mit_b1", 3, weights=official_file)
+        load_encoder_weights(build_encoder("mit_b1", 3), official_file)
 
 
 @pytest.mark.parametrize("in_chans", [1, 2])
 def test_input_conv_adaptation(official_file, official_sd, in_chans):
-    enc = build_encoder("mit_b0", in_chans, weights=official_file)
+    enc = load_encoder_weights(build_encoder("mit_b0", in_chans), official_file, in_chans=in_chans)
     rgb = official_sd["patch_embed1.proj.weight"]  # (32, 3, 7, 7)
     expected = (rgb.mean(dim=1, keepdim=True) * 3 / in_chans).repeat(1, in_chans, 1, 1)  # = sum(RGB) / in_chans
     torch.testing.assert_close(enc.state_dict()["patch_embed.proj.weight"], expected)
     # The documented property: a grey image over in_chans channels gives the RGB model's response to grey.
     grey = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(2))
-    enc_rgb = build_encoder("mit_b0", 3, weights=official_file).eval()
+    enc_rgb = load_encoder_weights(build_encoder("mit_b0", 3), official_file).eval()
     with torch.no_grad():
         for a, b in zip(enc.eval()(grey.repeat(1, in_chans, 1, 1)), enc_rgb(grey.repeat(1, 3, 1, 1))):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -69,7 +69,7 @@ def test_bad_inputs_say_what_to_fix():
         model({"rgb": torch.zeros(1, 3, 32, 32)})
     with pytest.raises(ValueError, match="at least one True"):
         model(_inputs(b=1), torch.zeros(1, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match="valid: drop, zero"):
+    with pytest.raises(ValueError, match="'drop', 'zero'"):
         model(_inputs(b=1), None, "mask")
 
 

@@ -16,10 +16,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from workbench.data import build_dataset, denormalize
-from workbench.data.checks import check_dataset, main
-from workbench.data.real import build
+from workbench.cli import main as cli_main
+from workbench.config import DataConfig
+from workbench.data import DATASETS, build_dataset, denormalize
+from workbench.data.checks import check_dataset
 from workbench.data.transforms import IGNORE_INDEX, RGB_KEYS, train_transform
+
+
+def build(name, root, split, **kwargs):
+    """A real dataset as its loader reads it (raw [0, 1] modalities, no transform)."""
+    return DATASETS[name](root, split, **kwargs)
 
 STEP = 9  # raw label value v is drawn as v * STEP in every modality
 
@@ -310,8 +316,8 @@ def test_mcubes_splits_nan_and_missing_list(mcubes_root):
 
 # ---------------------------------------------------------------- shared behaviour
 def test_build_argument_errors(deliver_root, muses_root):
-    with pytest.raises(KeyError, match="valid: deliver, muses, mcubes"):
-        build("cityscapes", deliver_root, "train")
+    with pytest.raises(KeyError, match="valid datasets: synthetic, deliver, muses, mcubes"):
+        build_dataset("cityscapes", "train", root=deliver_root)
     with pytest.raises(ValueError, match="needs root="):
         build("deliver", None, "train")
     with pytest.raises(ValueError, match="is not a folder"):
@@ -321,7 +327,7 @@ def test_build_argument_errors(deliver_root, muses_root):
     with pytest.raises(ValueError, match="unknown modality 'rgb' for dataset 'muses'"):
         build("muses", muses_root, "train", modalities=["rgb"])
     with pytest.raises(ValueError, match="DeLiVER only"):
-        build("muses", muses_root, "train", depth_source="depth")
+        DATASETS["muses"].from_config(DataConfig(dataset="muses", root=str(muses_root), depth_source="depth"), "train")
     with pytest.raises(ValueError, match="img/ folder missing"):
         build("deliver", muses_root, "train")
 
@@ -379,10 +385,8 @@ def test_check_dataset_report_and_cli(deliver_root, capsys):
     assert report.splits["val"].counts["case"] == {"none": 2, "lidarjitter": 1}
     assert {0, 1, 25, 255} <= set(report.splits["train"].label_values) <= set(range(26)) | {255}
     assert report.splits["train"].labels_read == 3
-    assert main([str(deliver_root), "--dataset", "deliver"]) == 0
+    assert cli_main(["data", "check", str(deliver_root), "--dataset", "deliver"]) == 0
     assert "No problems found." in capsys.readouterr().out
-    from workbench.cli import main as cli_main  # `python -m workbench data check ROOT --dataset NAME`
-
     assert cli_main(["data", "check", str(deliver_root), "--dataset", "deliver", "--split", "val"]) == 0
     assert "val: 3 samples, 3 complete" in capsys.readouterr().out
 
@@ -394,11 +398,11 @@ def test_check_dataset_report_and_cli(deliver_root, capsys):
     assert not report.ok
     assert report.splits["val"].missing == {"lidar": ["lidar/fog/val/MAP_3_point7/000200_lidar_front.png"]}
     assert report.splits["val"].complete == 2 and report.splits["train"].labels_read == 2
-    assert main([str(deliver_root), "--dataset", "deliver", "--split", "train", "--split", "val"]) == 1
+    assert cli_main(["data", "check", str(deliver_root), "--dataset", "deliver", "--split", "train", "--split", "val"]) == 1
     out = capsys.readouterr().out
     assert "missing lidar (1): lidar/fog/val/MAP_3_point7/000200_lidar_front.png" in out
     assert "train labels hold raw values outside the deliver classes: [40]" in out and "fix:" in out
-    assert main([str(deliver_root), "--dataset", "deliver", "--modalities", "sonar"]) == 2
+    assert cli_main(["data", "check", str(deliver_root), "--dataset", "deliver", "--modalities", "sonar"]) == 2
 
 
 def test_check_dataset_other_layouts(muses_root, mcubes_root, tmp_path):

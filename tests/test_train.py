@@ -7,7 +7,7 @@ from workbench.checkpoint import CheckpointError, load_checkpoint
 from workbench.config import apply_overrides
 from workbench.data import build_dataset
 from workbench.data.base import check_label
-from workbench.methods import load_model
+from workbench.models import load_model
 from workbench.train import TrainingDiverged, lr_factor, train
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
+from workbench.errors import CheckpointError
 from workbench.paths import REPO_ROOT
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated, or does not match the model."""
+__all__ = ["CheckpointError", "atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint",
+           "describe_mismatches", "load_state_strict", "git_commit", "versions", "write_run_info"]
 
 
 def atomic_write_bytes(path: Path, write_fn) -> None:

@@ -1,9 +1,14 @@
-"""Typed, validated run configuration: nested dataclasses, named presets, `key=value` overrides.
+"""Run configuration: nested frozen dataclasses that are valid by construction, presets, overrides.
 
-A run is `Config(data, model, train, distill)`. Presets are plain Python: a *profile* sets the
-scale (`tiny` for tests, `quick` for the synthetic study on a laptop CPU, `paper` for DeLiVER on
-GPUs) and a *method* sets the losses (the rows of the paper's ablation, METHOD.md). The JSON of the
-whole config is written next to every checkpoint, and `config_hash` names cached pipeline stages.
+A run is `Config(data, model, train, distill)`. Every field is checked and normalized when the
+dataclass is built (`__post_init__`), so a `Config` that exists is valid; change one with
+`apply_overrides` (or `dataclasses.replace`), which builds a new, checked one. Options are the
+`Literal` aliases of `workbench.options`. Presets are plain Python: a *profile* sets the scale (`tiny`
+for tests, `quick` for the synthetic study on a laptop CPU, `paper` for DeLiVER on GPUs), a *method*
+sets the losses (the rows of the paper's ablation, docs/METHOD.md "The paper's ablation and main
+table"), and `TUNED` holds the loss weights tuned per profile, in one visible table
+(`python -m workbench presets --show`). The JSON of the whole config is written next to every
+checkpoint, and `Config.hash()` identifies what changes the trained weights.
 """
 
 from __future__ import annotations
@@ -12,19 +17,30 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field, fields
-from typing import Any, get_args, get_origin, get_type_hints
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-MODALITIES_DELIVER = ("rgb", "depth", "event", "lidar")
+from workbench.errors import ConfigError, UnknownName
+from workbench.options import (
+    Amp,
+    AsmStage,
+    DatasetName,
+    DepthSource,
+    DropoutMode,
+    Fusion,
+    IFVDivergence,
+    IFVModalities,
+    KDReduction,
+    Pairing,
+    Protocol,
+    ProtoDivergence,
+    SegLoss,
+)
 
-
-class ConfigError(ValueError):
-    """A configuration value is unknown, of the wrong type or out of range."""
-
-
-def _choice(key: str, value: Any, valid: tuple) -> None:
-    if value not in valid:
-        raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(map(repr, valid))}")
+__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "DistillConfig", "ConfigError", "PROFILES",
+           "METHODS", "TUNED", "preset", "apply_overrides"]
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
@@ -33,9 +49,32 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'} and finite")
 
 
-@dataclass
-class DataConfig:
-    dataset: str = "synthetic"  # synthetic | deliver | muses | mcubes
+def _unit(key: str, value: float) -> None:
+    if not 0 <= value < 1:
+        raise ConfigError(f"{key}={value} must be in [0, 1)")
+
+
+class _Checked:
+    """Mixin for the config dataclasses: coerce every field to its annotated type (e.g. "10" -> 10,
+    10 -> 10.0, "rgb,depth" -> ("rgb", "depth")), check Literal options, then run `check()`."""
+
+    _section = ""
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in fields(self):  # type: ignore[arg-type]
+            key = f"{self._section}.{f.name}" if self._section else f.name
+            object.__setattr__(self, f.name, _coerce(key, hints[f.name], getattr(self, f.name)))
+        self.check()
+
+    def check(self) -> None:
+        """Range and cross-field checks of the section (types and options are already checked)."""
+
+
+@dataclass(frozen=True)
+class DataConfig(_Checked):
+    _section = "data"
+    dataset: DatasetName = "synthetic"
     root: str | None = None  # real datasets only
     modalities: tuple[str, ...] = ()  # empty: the dataset's own set (DeLiVER/synthetic: rgb,depth,event,lidar)
     size: int = 64  # training crop (and synthetic render) side in pixels
@@ -46,12 +85,11 @@ class DataConfig:
     batch_size: int = 8
     num_workers: int = 0  # 0 keeps CPU runs deterministic and light
     augment: bool = True
-    depth_source: str = "hha"  # DeLiVER: hha (reference loader) or depth (raw folder)
+    depth_source: DepthSource = "hha"  # DeLiVER: hha (reference loader) or depth (raw folder)
     case: str | None = None  # DeLiVER/MUSES filter: a condition or sensor-failure case (MCubeS has none)
     synthetic_seed: int = 0  # the synthetic world's seed, independent of the training seed
 
-    def validate(self) -> None:
-        _choice("data.dataset", self.dataset, ("synthetic", "deliver", "muses", "mcubes"))
+    def check(self) -> None:
         if len(set(self.modalities)) != len(self.modalities):
             raise ConfigError(f"data.modalities={self.modalities!r} repeats a modality")
         for key in ("size", "train_samples", "val_samples", "test_samples", "batch_size"):
@@ -61,30 +99,28 @@ class DataConfig:
         if self.eval_size is not None:
             _positive("data.eval_size", self.eval_size)
         _positive("data.num_workers", self.num_workers, allow_zero=True)
-        _choice("data.depth_source", self.depth_source, ("hha", "depth"))
 
 
-@dataclass
-class ModelConfig:
+@dataclass(frozen=True)
+class ModelConfig(_Checked):
+    _section = "model"
     encoder: str = "mit_tiny"  # mit_tiny | mit_b0..mit_b5 | any timm features_only model
     weights: str | None = None  # local official MiT checkpoint (see `workbench weights import-mit`)
     shared_encoder: bool = False  # one set of encoder weights for all modalities (public code)
-    fusion: str = "mean"  # mean (public code) | softmax (learned per-pixel weights)
+    fusion: Fusion = "mean"
     head_dim: int = 64  # SegFormer MLP-head width E (768 in the public code, 256 in SegFormer-B0)
     head_dropout: float = 0.1
     drop_path: float = 0.0
 
-    def validate(self) -> None:
-        _choice("model.fusion", self.fusion, ("mean", "softmax"))
+    def check(self) -> None:
         _positive("model.head_dim", self.head_dim)
-        if not 0 <= self.head_dropout < 1:
-            raise ConfigError(f"model.head_dropout={self.head_dropout} must be in [0, 1)")
-        if not 0 <= self.drop_path < 1:
-            raise ConfigError(f"model.drop_path={self.drop_path} must be in [0, 1)")
+        _unit("model.head_dropout", self.head_dropout)
+        _unit("model.drop_path", self.drop_path)
 
 
-@dataclass
-class TrainConfig:
+@dataclass(frozen=True)
+class TrainConfig(_Checked):
+    _section = "train"
     seed: int = 0
     epochs: int = 10
     lr: float = 1e-3
@@ -92,80 +128,69 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     poly_power: float = 0.9
     grad_clip: float | None = None
-    loss: str = "ce"  # ce | ohem
+    loss: SegLoss = "ce"
     ohem_thresh: float = 0.7
-    protocol: str = "drop"  # how absent modalities are treated: drop (not encoded) | zero
-    val_every: int = 1  # epochs between validations (0: only at the end)
+    protocol: Protocol = "drop"  # how the student's absent modalities are treated
+    val_every: int = 1  # epochs between validations; 0: only after the last epoch
     ckpt_every: int = 1  # epochs between checkpoints
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
+    amp: Amp = "auto"  # auto = bf16 on CUDA, off on CPU
     channels_last: bool = True  # CUDA only
     compile: bool = False
     max_steps: int | None = None  # stop early (smoke runs, benchmarks)
     sync_bn: bool = False  # DDP only
 
-    def validate(self) -> None:
-        for key in ("epochs", "lr"):
+    def check(self) -> None:
+        for key in ("epochs", "lr", "ckpt_every"):
             _positive(f"train.{key}", getattr(self, key))
-        _positive("train.weight_decay", self.weight_decay, allow_zero=True)
-        _positive("train.warmup_epochs", self.warmup_epochs, allow_zero=True)
-        _positive("train.poly_power", self.poly_power, allow_zero=True)
+        for key in ("weight_decay", "warmup_epochs", "poly_power", "val_every"):
+            _positive(f"train.{key}", getattr(self, key), allow_zero=True)
         if self.grad_clip is not None:
             _positive("train.grad_clip", self.grad_clip)
-        _choice("train.loss", self.loss, ("ce", "ohem"))
         if not 0 < self.ohem_thresh < 1:
             raise ConfigError(f"train.ohem_thresh={self.ohem_thresh} must be in (0, 1)")
-        _choice("train.protocol", self.protocol, ("drop", "zero"))
-        _positive("train.val_every", self.val_every, allow_zero=True)
-        _positive("train.ckpt_every", self.ckpt_every)
-        _choice("train.amp", self.amp, ("auto", "bf16", "off"))
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"train.device={self.device!r} is not valid; choose auto, cpu, cuda or cuda:N")
         if self.max_steps is not None:
             _positive("train.max_steps", self.max_steps)
 
 
-@dataclass
-class DistillConfig:
-    """RobustSeg's student losses (METHOD.md, "Losses"): L_hp = L_CE + lambda L_KL + alpha L_cp + beta L_ifv."""
+@dataclass(frozen=True)
+class DistillConfig(_Checked):
+    """RobustSeg's student losses (docs/METHOD.md, "The objectives"):
+    L_hp = L_CE + lambda L_KL + alpha L_cp + beta L_ifv, and the feedback step on the teacher."""
 
+    _section = "distill"
     enabled: bool = False  # False: the baseline / teacher (all modalities, CE only)
-    dropout: str = "sample"  # Anymodal Dropout: sample | batch | none
-    kd_weight: float = 50.0  # lambda
+    dropout: DropoutMode = "sample"  # Anymodal Dropout
+    kd_weight: float = 50.0  # lambda (paper)
     kd_temperature: float = 1.0
-    kd_reduction: str = "element"  # element (public code: mean over B*K*H*W) | pixel
-    cp_weight: float = 100.0  # alpha; 0 disables CPD
-    cp_pairing: str = "permutation"  # permutation | derangement | same
-    cp_divergence: str = "kl_class"  # kl_class (public code) | cosine
+    kd_reduction: KDReduction = "element"
+    cp_weight: float = 100.0  # alpha (paper); 0 disables CPD
+    cp_pairing: Pairing = "permutation"
+    cp_divergence: ProtoDivergence = "kl_class"
     cp_temperature: float = 1.0
-    ifv_weight: float = 12.0  # beta; 0 disables IFV distillation
-    ifv_modalities: str = "primary"  # primary (ASM) | all | cross (permuted, the paper's negative row)
-    ifv_divergence: str = "kl_spatial"  # kl_spatial (T over all h*w) | kl_width (public code) | mse (IFVD)
+    ifv_weight: float = 12.0  # beta (paper); 0 disables IFV distillation
+    ifv_modalities: IFVModalities = "primary"  # primary (ASM) | all | cross (the paper's negative row)
+    ifv_divergence: IFVDivergence = "kl_spatial"
     ifv_temperature: float = 2.0
-    stages: tuple[int, ...] = (0, 1, 2, 3)  # encoder stages that prototype losses use
-    asm_stage: str = "last"  # last | all (similarity averaged over stages)
+    stages: tuple[int, ...] = (0, 1, 2, 3)  # encoder stages that the prototype losses use
+    asm_stage: AsmStage = "last"
     feedback: bool = False  # student -> teacher step on the teacher's non-primary encoders
     feedback_lr_scale: float = 0.1  # 6e-6 / 6e-5 in the paper
     teacher: str | None = None  # checkpoint path; None = train/reuse the cached baseline
 
-    def validate(self) -> None:
-        _choice("distill.dropout", self.dropout, ("sample", "batch", "none"))
+    def check(self) -> None:
         for key in ("kd_weight", "cp_weight", "ifv_weight"):
             _positive(f"distill.{key}", getattr(self, key), allow_zero=True)
         for key in ("kd_temperature", "cp_temperature", "ifv_temperature", "feedback_lr_scale"):
             _positive(f"distill.{key}", getattr(self, key))
-        _choice("distill.kd_reduction", self.kd_reduction, ("element", "pixel"))
-        _choice("distill.cp_pairing", self.cp_pairing, ("permutation", "derangement", "same"))
-        _choice("distill.cp_divergence", self.cp_divergence, ("kl_class", "cosine"))
-        _choice("distill.ifv_modalities", self.ifv_modalities, ("primary", "all", "cross"))
-        _choice("distill.ifv_divergence", self.ifv_divergence, ("kl_spatial", "kl_width", "mse"))
-        _choice("distill.asm_stage", self.asm_stage, ("last", "all"))
         if not self.stages or any(s not in (0, 1, 2, 3) for s in self.stages):
             raise ConfigError(f"distill.stages={self.stages!r} must be a non-empty subset of 0,1,2,3")
 
 
-@dataclass
-class Config:
+@dataclass(frozen=True)
+class Config(_Checked):
     name: str = "baseline"
     profile: str = "quick"
     data: DataConfig = field(default_factory=DataConfig)
@@ -173,24 +198,14 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
-    def validate(self) -> Config:
-        for section in (self.data, self.model, self.train, self.distill):  # normalize types (e.g. 10 -> 10.0)
-            hints = get_type_hints(type(section))
-            for f in fields(section):
-                setattr(section, f.name, _coerce(f"{f.name}", hints[f.name], getattr(section, f.name)))
-        self.data.validate()
-        self.model.validate()
-        self.train.validate()
-        self.distill.validate()
+    def check(self) -> None:
         if self.distill.feedback and not self.distill.enabled:
             raise ConfigError("distill.feedback=True needs distill.enabled=True (feedback runs in the student loop)")
         if self.distill.feedback and self.model.shared_encoder:
             raise ConfigError(
                 "distill.feedback=True with model.shared_encoder=True: the feedback step updates only the "
                 "teacher's non-primary encoders, which needs one encoder per modality; set "
-                "model.shared_encoder=False or distill.feedback=False"
-            )
-        return self
+                "model.shared_encoder=False or distill.feedback=False")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -200,13 +215,11 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
-        return _from_dict(cls, d, "").validate()
+        return _from_dict(cls, d, "")
 
     def teacher_config(self) -> Config:
         """The baseline run this student distils from: same data, model and schedule, no distillation."""
-        t = Config.from_dict(self.to_dict())
-        t.name, t.distill = "baseline", DistillConfig()
-        return t.validate()
+        return replace(self, name="baseline", distill=DistillConfig())
 
     def hash(self) -> str:
         """Stable identity for caching: everything that changes the trained weights."""
@@ -225,20 +238,28 @@ class Config:
 
 
 def _coerce(key: str, typ: Any, value: Any) -> Any:
-    origin = get_origin(typ)
-    args = [a for a in get_args(typ) if a is not type(None)]
-    if isinstance(value, str) and value.lower() == "none" and type(None) in get_args(typ):
-        value = None
+    """`value` as type `typ` (the field's annotation), or a ConfigError naming `key`."""
+    origin, args = get_origin(typ), get_args(typ)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, typ):
+            raise ConfigError(f"{key} must be a {typ.__name__}, got {type(value).__name__}")
+        return value
+    if origin in (typing.Union, types.UnionType):  # X | None
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key} may not be None")
+        return _coerce(key, next(a for a in args if a is not type(None)), value)
     if value is None:
-        if type(None) in get_args(typ):
-            return None
         raise ConfigError(f"{key} may not be None")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(map(repr, args))}")
+        return value
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v != ""]
         return tuple(_coerce(key, args[0], v) for v in value)
-    if args and origin is not None and origin is not tuple:  # Optional[X] / X | None
-        return _coerce(key, args[0], value)
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -246,13 +267,15 @@ def _coerce(key: str, typ: Any, value: Any) -> Any:
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{key}={value!r} must be a boolean (true/false)")
     if typ in (int, float):
-        try:
-            out = typ(value) if not isinstance(value, bool) else None
-        except (TypeError, ValueError):
-            out = None
-        if out is None or (typ is int and isinstance(value, float) and not value.is_integer()):
+        if isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be {'an integer' if typ is int else 'a number'}")
         if typ is int and isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        try:
+            out = typ(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r} must be {'an integer' if typ is int else 'a number'}") from None
+        if typ is int and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{key}={value!r} must be an integer")
         return out
     if typ is str:
@@ -263,23 +286,22 @@ def _coerce(key: str, typ: Any, value: Any) -> Any:
 
 
 def _from_dict(cls: type, d: dict, prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"config section {prefix.rstrip('.') or '(top)'} must be a mapping, got {type(d).__name__}")
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = set(d) - names
     if unknown:
         raise ConfigError(f"unknown config key {prefix}{sorted(unknown)[0]}; valid keys: {', '.join(sorted(names))}")
-    kwargs = {}
-    for name, value in d.items():
-        typ = hints[name]
-        if dataclasses.is_dataclass(typ):
-            kwargs[name] = _from_dict(typ, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(f"{prefix}{name}", typ, value)
+    kwargs = {name: _from_dict(hints[name], value, f"{prefix}{name}.") if dataclasses.is_dataclass(hints[name])
+              else value for name, value in d.items()}
     return cls(**kwargs)
 
 
-def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
-    """Apply `section.key=value` overrides (CLI `--set`) and re-validate."""
+def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any] | None) -> Config:
+    """A new config with `section.key=value` overrides (CLI `--set`) applied and checked."""
+    if not overrides:
+        return cfg
     items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
     d = cfg.to_dict()
     for key, value in items:
@@ -304,7 +326,7 @@ def _split(item: str) -> tuple[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Presets. Profiles set the scale; methods set the losses. `tiny` == `smoke`.
+# Presets. Profiles set the scale; methods set the losses; TUNED holds per-profile tuned weights.
 
 def _profile_tiny() -> Config:
     """Seconds on a CPU: unit tests and the smoke suite."""
@@ -317,32 +339,36 @@ def _profile_tiny() -> Config:
 
 
 def _profile_quick() -> Config:
-    """The synthetic study on 2 CPU cores (minutes per run)."""
+    """The synthetic study on 2 CPU cores (about 30 s per baseline run)."""
     return Config(
         profile="quick",
         data=DataConfig(size=64, train_samples=384, val_samples=128, test_samples=256, batch_size=16),
         model=ModelConfig(encoder="mit_tiny", head_dim=64),
         train=TrainConfig(epochs=10, lr=2e-3, warmup_epochs=1.0, val_every=2),
-        # alpha tuned on the synthetic val split (figures/sweep_hpd_quick.csv): 10 beat the paper's 100
-        distill=DistillConfig(cp_weight=10.0),
     )
 
 
 def _profile_paper() -> Config:
-    """DeLiVER at the paper's scale (METHOD.md / DATASETS.md): for GPUs."""
+    """DeLiVER at the paper's scale (docs/DATASETS.md "DeLiVER", docs/METHOD.md): for GPUs."""
     return Config(
         profile="paper",
         data=DataConfig(dataset="deliver", root="data/DELIVER", size=1024, eval_size=1024, batch_size=2,
                         num_workers=4),
         model=ModelConfig(encoder="mit_b0", head_dim=768),
         train=TrainConfig(epochs=120, lr=6e-5, warmup_epochs=10.0, loss="ohem", val_every=5, ckpt_every=1),
-        distill=DistillConfig(),
     )
 
 
 PROFILES = {"tiny": _profile_tiny, "smoke": _profile_tiny, "quick": _profile_quick, "paper": _profile_paper}
 
-# Method presets: the rows of the paper's ablation table (METHOD.md). Keys are DistillConfig fields.
+# Loss weights tuned for a profile (on its val split, never on test), applied on top of the paper's
+# defaults by `preset`: profile -> {config key: (value, where it was tuned)}.
+TUNED: dict[str, dict[str, tuple[Any, str]]] = {
+    "quick": {"distill.cp_weight": (10.0, "val sweep alpha in {10, 100} x beta in {12, 100}, seed 0: "
+                                          "figures/sweep_hpd_quick.csv")},
+}
+
+# Method presets: the rows of the paper's ablation table (docs/METHOD.md). Keys are DistillConfig fields.
 _OFF = dict(cp_weight=0.0, ifv_weight=0.0)
 METHODS: dict[str, dict[str, Any]] = {
     "baseline": dict(enabled=False),
@@ -362,7 +388,8 @@ METHODS: dict[str, dict[str, Any]] = {
 
 def preset(name: str, profile: str | None = None) -> Config:
     """A named preset. Profiles (`tiny`/`smoke`, `quick`, `paper`) alone give the baseline at that
-    scale; methods (`baseline`, `basic_kd`, ..., `robustseg`, `anyseg`) take `profile` (default quick)."""
+    scale; methods (`baseline`, `basic_kd`, ..., `robustseg`, `anyseg`) take `profile` (default quick).
+    The profile's `TUNED` weights apply to the methods whose losses use them."""
     if name in PROFILES:
         if profile is not None and profile != name:
             raise ConfigError(f"preset {name!r} is itself a profile; drop --profile {profile!r}")
@@ -370,12 +397,9 @@ def preset(name: str, profile: str | None = None) -> Config:
     elif name in METHODS:
         profile, method = profile or "quick", name
     else:
-        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(list(PROFILES) + list(METHODS))}")
+        raise UnknownName(f"unknown preset {name!r}; valid presets: {', '.join(list(PROFILES) + list(METHODS))}")
     if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
-    cfg = PROFILES[profile]()
-    cfg.profile = "tiny" if profile == "smoke" else profile
-    cfg.name = method
-    for k, v in METHODS[method].items():
-        setattr(cfg.distill, k, v)
-    return cfg.validate()
+        raise UnknownName(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    profile = "tiny" if profile == "smoke" else profile
+    cfg = apply_overrides(PROFILES[profile](), {k: v for k, (v, _) in TUNED.get(profile, {}).items()})
+    return replace(cfg, name=method, profile=profile, distill=replace(cfg.distill, **METHODS[method]))

@@ -1,4 +1,4 @@
-"""All-combination evaluation (METHOD.md, "Evaluation").
+"""All-combination evaluation: a pure engine (docs/METHOD.md, "Evaluation").
 
 - `confusion_matrix` / `iou_per_class` / `miou`: mIoU from one confusion matrix over the split, under
   two named conventions: `deliver` (a class with no union counts 0 and stays in the mean over all
@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import math
@@ -30,8 +29,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from workbench.data.transforms import IGNORE_INDEX
+from workbench.options import Convention, check, choices
+from workbench.tables import write_csv
 
-CONVENTIONS = ("deliver", "present")
+CONVENTIONS = choices(Convention)
 SHORT = {"rgb": "R", "depth": "D", "event": "E", "lidar": "L", "image": "I", "aolp": "A", "dolp": "P", "nir": "N",
          "frame_camera": "F", "event_camera": "E", "radar": "Ra"}
 
@@ -58,8 +59,7 @@ def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
 
 def miou(cm: torch.Tensor, convention: str = "deliver") -> float:
     """Mean IoU in percent. `deliver`: classes without union count 0 over all K; `present`: nan-mean."""
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown mIoU convention {convention!r}; valid: {', '.join(CONVENTIONS)}")
+    check("convention", convention, Convention)
     iou = iou_per_class(cm)
     if convention == "deliver":
         return float(torch.nan_to_num(iou, nan=0.0).mean() * 100)
@@ -169,11 +169,7 @@ class CombinationResults:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         rows = self.rows()
-        csv_path, json_path = out_dir / f"{prefix}.csv", out_dir / f"{prefix}.json"
-        with open(csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        csv_path, json_path = write_csv(out_dir / f"{prefix}.csv", rows), out_dir / f"{prefix}.json"
         payload = {"convention": self.convention, "modalities": self.modalities, "classes": self.classes,
                    "summary": {p: self.summary(p) for p in self.protocols}, "rows": rows,
                    "per_condition": {p: self.per_condition(p) for p in self.protocols}}
@@ -383,30 +379,3 @@ def evaluate_combinations(model, loader, protocols=("zero", "drop"), combos=None
         cond_cms = {key: reduce_fn(v) for key, v in sorted(cond_cms.items())}
     classes = tuple(classes or (str(i) for i in range(k)))
     return CombinationResults(mods, classes, cms, cond_cms, convention)
-
-
-def evaluate_checkpoint(checkpoint, split: str = "test", protocols=("zero", "drop"), which: str = "model",
-                        device: str = "auto", batch_size: int | None = None, one_pass: bool = True,
-                        convention: str = "deliver", progress: bool = True, data_overrides: dict | None = None,
-                        window: int | None = None):
-    """All-combination results of a saved model on a split of its own dataset config."""
-    from torch.utils.data import DataLoader
-
-    from workbench.checkpoint import load_checkpoint
-    from workbench.config import Config, apply_overrides
-    from workbench.data import Collate, dataset_from_config
-    from workbench.methods import load_model
-
-    state = load_checkpoint(checkpoint)
-    cfg = Config.from_dict(state["config"])
-    if data_overrides:
-        cfg = apply_overrides(cfg, {f"data.{k}": v for k, v in data_overrides.items()})
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    model = load_model(state, dev, which)
-    ds = dataset_from_config(cfg.data, split, augment=False)
-    loader = DataLoader(ds, batch_size=batch_size or cfg.data.batch_size, collate_fn=Collate(ds.modalities),
-                        num_workers=cfg.data.num_workers)
-    return evaluate_combinations(model, loader, protocols=protocols, device=dev, one_pass=one_pass,
-                                 convention=convention, classes=ds.classes, progress=progress,
-                                 desc=f"{cfg.name}/{which} {split}", conditions=ds.conditions or None, window=window)

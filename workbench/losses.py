@@ -36,23 +36,19 @@ import torch
 import torch.nn.functional as F
 
 from workbench.data.transforms import IGNORE_INDEX
+from workbench.options import (
+    AsmStage,
+    DropoutMode,
+    IFVDivergence,
+    KDReduction,
+    Pairing,
+    ProtoDivergence,
+    Prototypes,
+    check,
+)
 
 Tensor = torch.Tensor
 Features = Mapping[str, Sequence[Tensor]]  # modality -> stage tensors, e.g. SegOutput.features
-
-KD_REDUCTIONS = ("element", "pixel")
-IFV_DIVERGENCES = ("kl_spatial", "kl_width", "mse")
-PROTO_DIVERGENCES = ("kl_class", "cosine")
-PROTO_MODES = ("masked", "public")
-PAIRINGS = ("permutation", "derangement", "same")
-DROPOUT_MODES = ("sample", "batch", "none")
-ASM_STAGES = ("last", "all")
-
-
-def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, valid))}")
-
 
 def _no_autocast(device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
@@ -102,7 +98,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | Non
     of both the sum and the element count (mean over N_valid * K elements), so `element` is exactly
     `pixel` / K and, with no ignored pixel, exactly the public code's B*K*H*W mean (the public code also
     distils ignored pixels; we do not, as the METHOD.md equation says "over valid pixels")."""
-    _choice("reduction", reduction, KD_REDUCTIONS)
+    check("reduction", reduction, KDReduction)
     if teacher_logits.shape != student_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ; upsample both to the label size first")
@@ -268,7 +264,7 @@ def ifv_divergence(student_map: Tensor, teacher_map: Tensor, kind: str = "kl_spa
     (METHOD.md default). `kl_width`: the public code (RMMSS `CriterionIFV`): softmax along the width
     axis, KL summed over columns and rows (its `batchmean` over a batch of one map), times T^2.
     `mse`: IFVD (ECCV 2020), mean over h*w of (M_S - M_T)^2; `temperature` unused."""
-    _choice("kind", kind, IFV_DIVERGENCES)
+    check("kind", kind, IFVDivergence)
     with _no_autocast(student_map.device):
         s, t = _f32(student_map), _f32(teacher_map)
         d = _stage_divergence(s.flatten(-2), t.flatten(-2), [tuple(s.shape[-2:])], kind, temperature)
@@ -306,7 +302,7 @@ def prototype_divergence(p_s: Tensor, p_t: Tensor, present: Tensor, kind: str = 
     public code's element mean, which it takes over all K*C elements. 0 when one class is present.
     `cosine`: mean over present classes of 1 - cos(p_S,c, p_T,c); `temperature` unused.
     A prototype set with no present class gives 0."""
-    _choice("kind", kind, PROTO_DIVERGENCES)
+    check("kind", kind, ProtoDivergence)
     with _no_autocast(p_s.device):
         p_s, p_t = _f32(p_s), _f32(p_t)
         seg = torch.ones(p_s.shape[-1], 1, device=p_s.device, dtype=p_s.dtype)
@@ -334,7 +330,7 @@ def cpd_pairs(batch: int | Tensor, num_modalities: int | None = None, generator:
     The permutation is over all M modalities; which pairs count (e.g. only student modalities the student
     received) is `cpd_loss(received=...)`'s business. `permutation`: uniform; `derangement`: uniform
     without fixed points (rejection sampling, M >= 2); `same`: identity (single-modal prototype KD)."""
-    _choice("pairing", pairing, PAIRINGS)
+    check("pairing", pairing, Pairing)
     if isinstance(batch, Tensor):
         if batch.dim() != 2:
             raise ValueError(f"cpd_pairs got a tensor of shape {tuple(batch.shape)}; pass a (B, M) mask or an int")
@@ -365,7 +361,7 @@ def anymodal_dropout(batch_size: int, num_modalities: int, generator: torch.Gene
     The public code's distribution: k uniform in 1..M, then a uniform k-subset (the first k of a uniform
     permutation). `sample`: one draw per sample; `batch`: one draw for the whole batch (public code);
     `none`: every modality."""
-    _choice("mode", mode, DROPOUT_MODES)
+    check("mode", mode, DropoutMode)
     m = num_modalities
     if mode == "none":
         return torch.ones(batch_size, m, dtype=torch.bool, device=device)
@@ -404,7 +400,7 @@ def asm_similarity(features: Features, fused: Sequence[Tensor], stage: str = "la
 
     features: modality -> stage tensors (B, C_i, h_i, w_i) (the teacher's, full modality); fused: the
     fused stage tensors. `last`: last stage; `all`: the mean of the per-stage similarities."""
-    _choice("stage", stage, ASM_STAGES)
+    check("stage", stage, AsmStage)
     names = _names(features, modalities)
     sims = []
     for i in [len(fused) - 1] if stage == "last" else range(len(fused)):
@@ -452,8 +448,8 @@ def cpd_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, n
     written for the student's modality features), so we skip dropped ones.
     `prototypes`: `masked` (absent classes masked out) or `public` (the public code: zero rows for absent
     classes, prototypes divided by the count a second time, every class in the softmax)."""
-    _choice("kind", kind, PROTO_DIVERGENCES)
-    _choice("prototypes", prototypes, PROTO_MODES)
+    check("kind", kind, ProtoDivergence)
+    check("prototypes", prototypes, Prototypes)
     names = _names(student_feats, modalities)
     _check_stages(stages, student_feats, names)
     b, m = pairs.shape
@@ -501,7 +497,7 @@ def ifv_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, n
     when the mask is empty. For the feedback step swap the roles: the teacher's features as
     `student_feats` (mask: its non-primary modalities that the student received), the student's as
     `teacher_feats` (the detached target)."""
-    _choice("kind", kind, IFV_DIVERGENCES)
+    check("kind", kind, IFVDivergence)
     names = _names(student_feats, modalities)
     _check_stages(stages, student_feats, names)
     sel = modalities_mask.bool()

@@ -1,6 +1,6 @@
 """Training methods: what one step computes. `Supervised` is the baseline/teacher; `Distiller` is
 RobustSeg's teacher-student self-distillation with Anymodal Dropout, logits KD, Hybrid Prototype
-Distillation and the student-to-teacher feedback loop (METHOD.md, "Training pipeline" and "Losses").
+Distillation and the student-to-teacher feedback loop (docs/METHOD.md, "Training pipeline" and "Losses").
 
 A method exposes `model` (the network being trained and saved), `training_step(batch, gen)` ->
 named losses with `loss` the total to back-propagate, and `after_step(...)` for work after the
@@ -19,15 +19,14 @@ Decisions left open by the paper, each a named option in `DistillConfig`:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from workbench import losses as L
-from workbench.checkpoint import load_checkpoint, load_state_strict
+from workbench.checkpoint import load_state_strict
 from workbench.config import Config
-from workbench.models import build_model
+from workbench.errors import ConfigError
+from workbench.models import build_model, load_model
 
 
 def _inputs(batch: dict, modalities) -> dict:
@@ -223,18 +222,6 @@ class Distiller(Supervised):
             self.teacher_opt.load_state_dict(state["teacher_opt"])
 
 
-def load_model(checkpoint: str | Path | dict, device: torch.device | str = "cpu", which: str = "model") -> nn.Module:
-    """Rebuild a trained model from a checkpoint (its own config), strictly. `which="teacher"` returns
-    the (feedback-updated) teacher stored with a distillation run."""
-    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    cfg = Config.from_dict(state["config"])
-    model = build_model(cfg.model, tuple(state["modalities"]), len(state["classes"]))
-    weights = state["model"] if which == "model" else state["method"]["teacher"]
-    load_state_strict(model, weights, which)
-    model.classes = tuple(state["classes"])
-    return model.to(device).eval()
-
-
 def build_method(cfg: Config, train_ds, device: torch.device, ctx=None, teacher_checkpoint=None) -> Supervised:
     """The method `cfg` describes, with its models on `device`. A student is initialized from the
     teacher's weights ("initialized identically"); the teacher comes from `teacher_checkpoint`."""
@@ -243,10 +230,11 @@ def build_method(cfg: Config, train_ds, device: torch.device, ctx=None, teacher_
         return Supervised(cfg, model.to(device), ctx)
     teacher_checkpoint = teacher_checkpoint or cfg.distill.teacher
     if teacher_checkpoint is None:
-        raise ValueError("a distillation run needs a teacher: pass teacher_checkpoint or set distill.teacher, or use "
-                         "workbench.pipeline.run(cfg), which trains or reuses the cached baseline")
+        raise ConfigError("a distillation run needs a teacher: pass teacher_checkpoint or set distill.teacher, or use "
+                          "workbench.runs.Run.from_config(cfg).ensure(), which trains or reuses the cached baseline")
     teacher = load_model(teacher_checkpoint, device)
     if teacher.modalities != tuple(train_ds.modalities):
-        raise ValueError(f"teacher modalities {teacher.modalities} differ from the data's {train_ds.modalities}")
+        raise ConfigError(f"teacher modalities {teacher.modalities} differ from the data's {train_ds.modalities}; "
+                          f"distil from a teacher trained on the same modalities")
     load_state_strict(model, teacher.state_dict(), "student (initialized from the teacher)")
     return Distiller(cfg, model.to(device), teacher, ctx)

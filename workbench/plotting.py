@@ -1,16 +1,14 @@
-"""Figures, tables and widgets of the notebooks; every figure is saved as PNG + PDF + the CSV behind it.
+"""Figures of the notebooks, and the folder they are saved to: every figure as PNG + PDF + the CSV behind it.
 
 `Figures(notebook, profile)` owns a notebook's output folder `figures/<profile>/<notebook>/` (the
 WORKBENCH_FIGURES override applies) and an `index.json` listing what it saved, in order, with titles
-and captions: the suite's report (`workbench.suite`) is built from those indexes. The plot functions
-take what `workbench.analysis` / `workbench.evaluate` compute and return a matplotlib figure (or a
-plotly one); `SliderApp` is the ipywidgets front end of `analysis.SamplePredictor`.
+and captions; the suite's report (`workbench.report`) is built from those indexes. The plot functions
+take plain numbers, arrays and rows (computed by `workbench.records`, `workbench.analysis` and the
+evaluation engine) and return a matplotlib figure, or a plotly one. Nothing here computes a result.
 """
 
 from __future__ import annotations
 
-import csv
-import html
 import io
 import json
 import math
@@ -21,75 +19,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from workbench.paths import figures_dir
+from workbench.tables import Table, markdown_table, write_csv
 
 MODALITY_COLOURS = {"rgb": "#d62728", "depth": "#1f77b4", "event": "#2ca02c", "lidar": "#9467bd"}
+
 MODALITY_MARKERS = ("o", "s", "^", "D", "v", "P")
+
 METHOD_COLOURS = {"baseline": "#7f7f7f", "basic_kd": "#ff7f0e", "ifv_single": "#bcbd22", "ifv_cross": "#8c564b",
                   "cpd": "#17becf", "ifv_cpd": "#e377c2", "hpd": "#1f77b4", "robustseg": "#d62728",
                   "anyseg": "#2ca02c"}
 
-
 def _colour(name: str, i: int) -> str:
     return METHOD_COLOURS.get(name, MODALITY_COLOURS.get(name, f"C{i % 10}"))
-
-
-# ----------------------------------------------------------------------------------------------
-# Saving: figures, tables, plotly pages
-
-def write_csv(path: str | Path, rows: Sequence[dict]) -> Path:
-    """Rows (dicts) as a CSV with the union of their keys as header, floats rounded to 6 digits."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys: dict[str, None] = {}
-    for r in rows:
-        keys.update(dict.fromkeys(r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(keys))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
-    return path
-
-
-def _fmt(v, digits: int) -> str:
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.{digits}f}"
-    return str(v)
-
-
-def markdown_table(rows: Sequence[dict], digits: int = 2) -> str:
-    if not rows:
-        return "(empty)"
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(_fmt(r.get(k, ""), digits) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def html_table(rows: Sequence[dict], digits: int = 2) -> str:
-    if not rows:
-        return "<p>(empty)</p>"
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(
-        f"<td style='text-align:{'right' if isinstance(r.get(k), (int, float)) else 'left'}'>"
-        f"{html.escape(_fmt(r.get(k, ''), digits))}</td>" for k in keys) + "</tr>" for r in rows)
-    return f"<table class='wb-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-class Table:
-    """A table that a notebook displays (HTML) and the report embeds (Markdown)."""
-
-    def __init__(self, rows: Sequence[dict], title: str = "", digits: int = 2):
-        self.rows, self.title, self.digits = list(rows), title, digits
-
-    def _repr_html_(self) -> str:
-        cap = f"<p><b>{html.escape(self.title)}</b></p>" if self.title else ""
-        return cap + html_table(self.rows, self.digits)
-
-    def _repr_markdown_(self) -> str:
-        return (f"**{self.title}**\n\n" if self.title else "") + markdown_table(self.rows, self.digits)
-
 
 class Figures:
     """A notebook's figures and tables under `figures/<profile>/<notebook>/`, with an index for the report.
@@ -142,10 +83,6 @@ class Figures:
         self._add("plotly", name, title, caption, files)
         return fig
 
-
-# ----------------------------------------------------------------------------------------------
-# Images
-
 def colorize(label, palette: Sequence[Sequence[int]]) -> np.ndarray:
     """(H, W) class indices -> (H, W, 3) uint8; ignored / out-of-range pixels black."""
     lab = np.asarray(label)
@@ -153,19 +90,16 @@ def colorize(label, palette: Sequence[Sequence[int]]) -> np.ndarray:
     pal[:len(palette)] = np.asarray(palette, np.uint8)
     return pal[np.clip(lab, 0, 255).astype(np.int64)]
 
-
 def error_image(error) -> np.ndarray:
-    """analysis.error_map (0 correct, 1 wrong, 2 ignored) -> white / red / grey."""
+    """samples.error_map (0 correct, 1 wrong, 2 ignored) -> white / red / grey."""
     cols = np.array([[235, 235, 235], [200, 30, 30], [120, 120, 120]], np.uint8)
     return cols[np.asarray(error)]
-
 
 def modality_image(x) -> np.ndarray:
     """A [0, 1] modality tensor (C, H, W) -> (H, W, 3) float for display (1 channel repeated)."""
     a = np.asarray(x, np.float32)
     a = np.repeat(a, 3, 0) if a.shape[0] == 1 else a[:3]
     return np.clip(a.transpose(1, 2, 0), 0, 1)
-
 
 def png_bytes(img: np.ndarray, scale: int = 1) -> bytes:
     """An (H, W, 3) uint8 or [0, 1] float image as PNG bytes, enlarged `scale` x (nearest)."""
@@ -180,57 +114,49 @@ def png_bytes(img: np.ndarray, scale: int = 1) -> bytes:
     Image.fromarray(a).save(buf, format="PNG")
     return buf.getvalue()
 
-
 def _off(ax) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
-
 
 def legend_patches(classes: Sequence[str], palette) -> list:
     from matplotlib.patches import Patch
 
     return [Patch(color=np.asarray(c) / 255, label=n) for n, c in zip(classes, palette)]
 
-
-# ----------------------------------------------------------------------------------------------
-# Training curves
-
-def plot_loss_curves(runs: dict[str, Sequence[dict]], terms: Sequence[str], window: int = 10):
-    """One panel per loss term (train/loss, train/ce, train/kd, ...); a line per run, smoothed."""
-    from workbench.analysis import series, smooth
-
-    n = len(terms)
-    cols = min(4, n)
-    rows = math.ceil(n / cols)
+def plot_loss_curves(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], window: int = 1):
+    """One panel per loss term, a line per run: `curves` is term -> run -> (step, value) as
+    `records.curves` gives it (smoothed over `window` steps, said in the title). Log scale when a
+    panel's values span more than 50x."""
+    terms = list(curves)
+    cols = min(4, len(terms))
+    rows = math.ceil(len(terms) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.7 * rows), squeeze=False)
+    runs = list(dict.fromkeys(name for per_run in curves.values() for name in per_run))
     for ax, term in zip(axes.flat, terms):
-        for i, (name, tr) in enumerate(runs.items()):
-            x, y = series(tr, term)
-            if len(x):
-                ax.plot(x, smooth(y, window), label=name, color=f"C{i}")
+        for name, (x, y) in curves[term].items():
+            ax.plot(x, y, label=name, color=f"C{runs.index(name)}")
         ax.set_title(term.removeprefix("train/"))
         ax.set_xlabel("step")
-        if any(len(series(tr, term)[0]) for tr in runs.values()) and ax.get_lines():
-            ys = np.concatenate([line.get_ydata() for line in ax.get_lines()])
-            if np.all(ys > 0) and ys.max() / max(ys.min(), 1e-12) > 50:
-                ax.set_yscale("log")
-    for ax in list(axes.flat)[n:]:
+        ys = np.concatenate([y for _, y in curves[term].values()]) if curves[term] else np.zeros(0)
+        if ys.size and np.all(ys > 0) and ys.max() / max(ys.min(), 1e-12) > 50:
+            ax.set_yscale("log")
+    for ax in list(axes.flat)[len(terms):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle(f"training losses (moving average over {window} steps)")
+    fig.suptitle(f"training losses (moving average over {window} steps)" if window > 1 else "training losses")
     fig.tight_layout()
     return fig
 
 
-def plot_val_curves(runs: dict[str, Sequence[dict]], keys: Sequence[str] = ("val/miou_full", "val/emm", "val/worst")):
-    """Validation mIoU per epoch: full modality, EMM (mean over combinations), worst combination."""
-    from workbench.analysis import series
-
+def plot_val_curves(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]):
+    """Validation mIoU per epoch, a panel per key (val/miou_full, val/emm, val/worst): `curves` is
+    key -> run -> (epoch, mIoU) as `records.curves(..., x="epoch")` gives it."""
+    keys = list(curves)
     fig, axes = plt.subplots(1, len(keys), figsize=(3.8 * len(keys), 3), squeeze=False)
+    runs = list(dict.fromkeys(name for per_run in curves.values() for name in per_run))
     for ax, key in zip(axes[0], keys):
-        for i, (name, va) in enumerate(runs.items()):
-            x, y = series(va, key, x="epoch")
-            ax.plot(x, y, marker="o", label=name, color=f"C{i}")
+        for name, (x, y) in curves[key].items():
+            ax.plot(x, y, marker="o", label=name, color=f"C{runs.index(name)}")
         ax.set_title(key.removeprefix("val/"))
         ax.set_xlabel("epoch")
         ax.set_ylabel("mIoU (%)")
@@ -259,10 +185,6 @@ def plot_primary_frequency(freq: dict[str, dict], title: str = "ASM primary moda
     fig.tight_layout()
     return fig
 
-
-# ----------------------------------------------------------------------------------------------
-# Bars and heatmaps
-
 def grouped_bars(ax, groups: Sequence[str], series_: dict[str, Sequence[float]], errors: dict | None = None,
                  hatches: dict | None = None, colours: dict | None = None, fmt: str | None = None) -> None:
     """Bars for each group (x) and series (colour)."""
@@ -276,7 +198,6 @@ def grouped_bars(ax, groups: Sequence[str], series_: dict[str, Sequence[float]],
         if fmt:
             ax.bar_label(bars, fmt=fmt, fontsize=6, rotation=90, padding=1)
     ax.set_xticks(x, groups, rotation=30, ha="right")
-
 
 def plot_ablation(summary: Sequence[dict], paper: dict[str, tuple[float, float]] | None = None):
     """EMM and full-modality mIoU per ablation row (mean +- std over seeds) per protocol, beside the
@@ -303,7 +224,6 @@ def plot_ablation(summary: Sequence[dict], paper: dict[str, tuple[float, float]]
     fig.tight_layout()
     return fig
 
-
 def plot_combination_heatmaps(matrices: dict[str, tuple[list[str], list[str], np.ndarray]]):
     """One heatmap per protocol: combinations (rows) x methods (columns), mIoU annotated."""
     n = len(matrices)
@@ -322,7 +242,6 @@ def plot_combination_heatmaps(matrices: dict[str, tuple[list[str], list[str], np
         ax.set_title(f"protocol: {protocol}")
     fig.colorbar(im, ax=axes[0].tolist(), label="mIoU (%)", shrink=0.8)
     return fig
-
 
 def plot_method_bars(rows: Sequence[dict], group_key: str, value_key: str, title: str,
                      panel_key: str = "protocol", ylabel: str = "mIoU (%)"):
@@ -344,7 +263,6 @@ def plot_method_bars(rows: Sequence[dict], group_key: str, value_key: str, title
     fig.tight_layout()
     return fig
 
-
 def plot_param_distance(rows: Sequence[dict], title: str = "teacher weights: after feedback vs before"):
     """Relative L2 change per encoder / fusion / head, with the fraction of parameters that moved."""
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) + 1), 3.4))
@@ -360,7 +278,6 @@ def plot_param_distance(rows: Sequence[dict], title: str = "teacher weights: aft
     ax.set_title(title)
     fig.tight_layout()
     return fig
-
 
 def plot_delta(rows: Sequence[dict], protocol: str, highlight: str = "EL"):
     """Before/after bars per combination for one protocol; the highlighted combination is marked."""
@@ -378,10 +295,6 @@ def plot_delta(rows: Sequence[dict], protocol: str, highlight: str = "EL"):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-# ----------------------------------------------------------------------------------------------
-# t-SNE
 
 def plot_tsne(embeddings: dict[str, tuple[np.ndarray, object]], classes: Sequence[str], palette,
               title: str = "t-SNE of per-modality features"):
@@ -407,7 +320,6 @@ def plot_tsne(embeddings: dict[str, tuple[np.ndarray, object]], classes: Sequenc
     fig.tight_layout(rect=(0, 0.04, 1, 0.98))
     return fig
 
-
 def tsne_plotly(embeddings: dict[str, tuple[np.ndarray, object]], classes: Sequence[str], palette):
     """Interactive t-SNE: one panel per model, colour = class, symbol = modality, hover = sample."""
     import plotly.graph_objects as go
@@ -432,10 +344,6 @@ def tsne_plotly(embeddings: dict[str, tuple[np.ndarray, object]], classes: Seque
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     return fig
-
-
-# ----------------------------------------------------------------------------------------------
-# IFV maps and CFMs
 
 def plot_ifv_sample(inputs: dict, label, preds: dict, maps: dict[str, dict], b: int, classes, palette,
                     title: str = ""):
@@ -470,7 +378,6 @@ def plot_ifv_sample(inputs: dict, label, preds: dict, maps: dict[str, dict], b: 
     fig.suptitle(title, fontsize=10)
     return fig
 
-
 def plot_cfm_sample(maps: dict[str, dict], b: int, stage: int, title: str = ""):
     """Per modality (rows) and model: the stage features and their center feature map, coloured in one
     shared PCA basis per panel pair (a CFM replaces every labelled pixel by its class prototype)."""
@@ -489,10 +396,6 @@ def plot_cfm_sample(maps: dict[str, dict], b: int, stage: int, title: str = ""):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
-
-
-# ----------------------------------------------------------------------------------------------
-# Sliders: the static grid and the widget app
 
 def plot_state_grid(outputs: Sequence[tuple[str, dict]], palette, title: str = ""):
     """One row per input state: every modality as the model saw it, the label, prediction and errors."""
@@ -513,99 +416,3 @@ def plot_state_grid(outputs: Sequence[tuple[str, dict]], palette, title: str = "
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return fig
-
-
-class SliderApp:
-    """ipywidgets front end of `analysis.SamplePredictor`: a toggle per modality (description = its name),
-    sliders "<modality> noise" / "dropout" / "blur", the noise type, the synthetic failure case and the
-    protocol; the prediction, error map and the sample's "mIoU: xx.xx" update on every change.
-
-    CSS classes for scripted front ends (the browser test): `wb-toggle-<m>`, `wb-<m>-noise`,
-    `wb-<m>-dropout`, `wb-<m>-blur`, `wb-miou`, `wb-prediction`, `wb-errors`, `wb-input-<m>`."""
-
-    def __init__(self, predictor, classes: Sequence[str], palette, scale: int | None = None):
-        import ipywidgets as W
-
-        from workbench.analysis import NOISE_KINDS, InputState
-
-        self.predictor, self.classes, self.palette = predictor, classes, palette
-        self.state = InputState.clean(predictor.modalities)
-        raw = predictor.raw("auto")
-        h = raw["label"].shape[-1]
-        self.scale = scale or max(1, 192 // h)
-        self.toggles, self.sliders = {}, {}
-        rows = []
-        for m in predictor.modalities:
-            t = W.ToggleButton(value=True, description=m, tooltip=f"switch {m} on/off", icon="check",
-                               button_style="success", layout=W.Layout(width="90px"))
-            t.add_class(f"wb-toggle-{m}")
-            self.toggles[m] = t
-            sl = []
-            for kind, hi, step in (("noise", 1.0, 0.05), ("dropout", 1.0, 0.05), ("blur", 4.0, 0.25)):
-                s = W.FloatSlider(value=0.0, min=0.0, max=hi, step=step, description=f"{m} {kind}",
-                                  continuous_update=False, style={"description_width": "105px"},
-                                  layout=W.Layout(width="320px"))
-                s.add_class(f"wb-{m}-{kind}")
-                self.sliders[(m, kind)] = s
-                sl.append(s)
-            rows.append(W.HBox([t, *sl]))
-        self.noise_kind = W.Dropdown(options=list(NOISE_KINDS), value="gaussian", description="noise type")
-        self.case = W.Dropdown(options=list(predictor.cases), value="auto", description="case")
-        self.protocol = W.Dropdown(options=["drop", "zero"], value="drop", description="protocol")
-        for w in (self.noise_kind, self.case, self.protocol):
-            w.add_class(f"wb-{w.description.replace(' ', '-')}")
-        self.miou = W.HTML(value="mIoU: --")
-        self.miou.add_class("wb-miou")
-        self.info = W.HTML(value="")
-        self.info.add_class("wb-info")
-        self.inputs = {m: W.Image(format="png") for m in predictor.modalities}
-        for m, w in self.inputs.items():
-            w.add_class(f"wb-input-{m}")
-        self.label_img, self.pred_img, self.err_img = (W.Image(format="png") for _ in range(3))
-        self.label_img.add_class("wb-label")
-        self.pred_img.add_class("wb-prediction")
-        self.err_img.add_class("wb-errors")
-
-        def captioned(w, text):
-            return W.VBox([W.HTML(f"<b>{html.escape(text)}</b>"), w])
-
-        images = W.HBox([captioned(self.inputs[m], m) for m in predictor.modalities])
-        outputs = W.HBox([captioned(self.label_img, "label"), captioned(self.pred_img, "prediction"),
-                          captioned(self.err_img, "errors (red)")])
-        self.widget = W.VBox([*rows, W.HBox([self.noise_kind, self.case, self.protocol]), self.miou, self.info,
-                              images, outputs])
-        for w in [*self.toggles.values(), *self.sliders.values(), self.noise_kind, self.case, self.protocol]:
-            w.observe(self._changed, names="value")
-        self.update()
-
-    def _changed(self, _change=None) -> None:
-        self.update()
-
-    def current_state(self):
-        from workbench.analysis import InputState, ModalityState
-
-        mods = {m: ModalityState(on=self.toggles[m].value, noise=self.sliders[(m, "noise")].value,
-                                 dropout=self.sliders[(m, "dropout")].value, blur=self.sliders[(m, "blur")].value)
-                for m in self.predictor.modalities}
-        return InputState(mods, noise_kind=self.noise_kind.value, case=self.case.value, protocol=self.protocol.value)
-
-    def update(self) -> dict:
-        self.state = self.current_state()
-        for t in self.toggles.values():
-            t.icon, t.button_style = ("check", "success") if t.value else ("times", "")
-        out = self.predictor(self.state)
-        for m, w in self.inputs.items():
-            w.value = png_bytes(modality_image(out["inputs"][m]), self.scale)
-        self.label_img.value = png_bytes(colorize(out["label"], self.palette), self.scale)
-        self.pred_img.value = png_bytes(colorize(out["pred"], self.palette), self.scale)
-        self.err_img.value = png_bytes(error_image(out["error"]), self.scale)
-        self.miou.value = f"<span style='font-size:1.4em'>mIoU: {out['miou']:.2f}</span>"
-        meta = out["meta"]
-        self.info.value = (f"sample {html.escape(str(meta.get('file', '')))}, condition "
-                           f"{html.escape(str(meta.get('condition', '-')))}, case {html.escape(str(meta.get('case', '-')))}"
-                           f"; input: {html.escape(self.state.describe())}")
-        self.last = out
-        return out
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)

@@ -1,20 +1,24 @@
-"""Studies built on the pipeline: train-or-reuse + evaluate a preset, and the paper's ablation over seeds.
+"""Studies over many runs: the paper's ablation rows over seeds, and loss-weight sweeps on val.
 
-`evaluate_preset` caches its all-combination results as JSON beside the checkpoint, so notebooks and
-the `ablate` command share every trained model and every evaluation.
+Every row is a `workbench.runs.Run` (trained or reused, evaluated once per split and cached beside
+it), so notebooks and the `ablate` / `sweep` commands share every trained model and every evaluation.
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import itertools
+import logging
 import statistics
 from pathlib import Path
 
-from workbench import pipeline
-from workbench.config import METHODS, apply_overrides, preset
-from workbench.evaluate import CombinationResults, combo_name, evaluate_checkpoint
+from workbench.config import METHODS
+from workbench.errors import UnknownName
+from workbench.evaluate import CombinationResults, combo_name
 from workbench.paths import figures_dir
+from workbench.runs import Run
+from workbench.tables import write_csv
+
+log = logging.getLogger(__name__)
 
 # The paper's ablation (MiT-B0, DeLiVER; EMM / full modality), METHOD.md.
 PAPER_ABLATION = {
@@ -25,31 +29,12 @@ PAPER_ABLATION = {
 ABLATION_ORDER = ("baseline", "basic_kd", "ifv_single", "ifv_cross", "cpd", "ifv_cpd", "hpd", "robustseg", "anyseg")
 
 
-def config_for(method: str, profile: str, seed: int = 0, overrides=None):
-    cfg = preset(method, profile)
-    return apply_overrides(cfg, {"train.seed": seed, **_as_dict(overrides)})
-
-
 def _as_dict(overrides) -> dict:
     if not overrides:
         return {}
     if isinstance(overrides, dict):
         return dict(overrides)
     return dict(o.split("=", 1) for o in overrides)
-
-
-def evaluate_preset(method: str, profile: str, seed: int = 0, overrides=None, split: str = "test",
-                    which: str = "model", progress: bool = True) -> tuple[CombinationResults, Path]:
-    """Train (or reuse) `method` at `profile`/`seed` and evaluate every combination, both protocols.
-    For a distillation run, `which="teacher"` evaluates its (feedback-updated) teacher."""
-    cfg = config_for(method, profile, seed, overrides)
-    result = pipeline.run(cfg, progress=progress)
-    cache = result.run_dir / f"combos_{split}_{which}.state.json"
-    if cache.exists():
-        return CombinationResults.from_state(json.loads(cache.read_text())), result.checkpoint
-    res = evaluate_checkpoint(result.checkpoint, split=split, which=which, progress=progress)
-    cache.write_text(json.dumps(res.state()))
-    return res, result.checkpoint
 
 
 def _summary(res: CombinationResults, protocol: str) -> dict:
@@ -66,21 +51,20 @@ def run_ablation(profile: str = "quick", seeds=(0, 1, 2), methods=None, override
     methods = list(methods or ABLATION_ORDER)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise KeyError(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
+        raise UnknownName(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
     per_seed = []
     for seed in seeds:  # seed-major: a partial study already covers every row
         for method in methods:
-            res, _ = evaluate_preset(method, profile, seed, overrides, split, progress=progress)
+            res = Run.of(method, profile, seed, overrides).ensure(progress).evaluation(split, progress=progress)
             for protocol in res.protocols:
                 per_seed.append({"method": method, "seed": seed, "protocol": protocol, **_summary(res, protocol)})
     summary = summarize(per_seed)
     out = Path(out) if out else figures_dir() / f"ablation_{profile}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_csv(out.with_name(out.stem + "_seeds.csv"), per_seed)
-    _write_csv(out, summary)
-    if progress:
-        print(format_summary(summary))
-        print(f"written: {out} and {out.with_name(out.stem + '_seeds.csv')}")
+    write_csv(out.with_name(out.stem + "_seeds.csv"), per_seed, digits=4)
+    write_csv(out, summary, digits=4)
+    log.info("ablation (%s, seeds %s):\n%s\nwritten: %s and %s", profile, ",".join(map(str, seeds)),
+             format_summary(summary), out, out.with_name(out.stem + "_seeds.csv"))
     return summary
 
 
@@ -112,32 +96,22 @@ def format_summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
-
-
 def run_sweep(method: str, profile: str, grid: dict[str, list], seed: int = 0, split: str = "val",
               overrides=None, out=None, progress: bool = True) -> list[dict]:
     """Grid search of config values on the validation split (tuning never looks at test)."""
-    import itertools
-
     keys = list(grid)
     rows = []
     for values in itertools.product(*(grid[k] for k in keys)):
         setting = dict(zip(keys, values))
-        res, _ = evaluate_preset(method, profile, seed, {**_as_dict(overrides), **setting}, split, progress=progress)
+        run = Run.of(method, profile, seed, {**_as_dict(overrides), **setting}).ensure(progress)
+        res = run.evaluation(split, progress=progress)
         for protocol in res.protocols:
             rows.append({**{k: v for k, v in setting.items()}, "method": method, "seed": seed, "split": split,
                          "protocol": protocol, **_summary(res, protocol)})
     out = Path(out) if out else figures_dir() / f"sweep_{method}_{profile}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_csv(out, rows)
-    if progress:
-        for r in rows:
-            print(", ".join(f"{k}={r[k]}" for k in keys), f"{r['protocol']}: EMM {r['emm']:.2f} full {r['full']:.2f}")
-        print(f"written: {out}")
+    write_csv(out, rows, digits=4)
+    log.info("sweep of %s (%s, seed %d, %s split):\n%s\nwritten: %s", method, profile, seed, split,
+             "\n".join(", ".join(f"{k}={r[k]}" for k in keys) + f" {r['protocol']}: EMM {r['emm']:.2f} full "
+                       f"{r['full']:.2f}" for r in rows), out)
     return rows

@@ -9,6 +9,7 @@ atomic checkpoints with config/versions/git commit, exact resume, and DDP under 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from workbench.checkpoint import (
-    CheckpointError,
     atomic_write_text,
     load_checkpoint,
     load_state_strict,
@@ -29,12 +29,11 @@ from workbench.checkpoint import (
 from workbench.config import Config
 from workbench.data import Collate, dataset_from_config
 from workbench.distributed import DistContext, EpochSampler, ShardSampler
+from workbench.errors import CheckpointError, ConfigError, TrainingDiverged
 from workbench.evaluate import evaluate_combinations
 from workbench.methods import build_method
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the last good checkpoint is left untouched."""
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,7 +49,7 @@ def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"train.device={name!r} but CUDA is not available; use train.device=cpu or auto")
+            raise ConfigError(f"train.device={name!r} but CUDA is not available; use train.device=cpu or auto")
         if ctx is not None and ctx.enabled:
             return torch.device("cuda", ctx.local_rank)
     return torch.device(name)
@@ -91,18 +90,18 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
           teacher_checkpoint: str | Path | None = None) -> TrainResult:
     """Train `cfg` into `run_dir` (checkpoints `last.pt`, `final.pt`; `metrics.jsonl`; config and
     run info). `resume=True` continues from `last.pt` to exactly the result of an uninterrupted run."""
-    cfg.validate()
     run_dir = Path(run_dir)
     ctx = DistContext.from_env(cfg.train.device)
     device = resolve_device(cfg.train.device, ctx)
     torch.backends.cudnn.benchmark = False  # seeded runs stay reproducible
     torch.manual_seed(cfg.train.seed)  # model init, head dropout and drop-path draws
 
+    # data: the train split in a seeded order per epoch (sharded under DDP); val in order
     train_ds = dataset_from_config(cfg.data, "train", aug_seed=cfg.train.seed)
     val_ds = dataset_from_config(cfg.data, "val", augment=False)
     if len(train_ds) // ctx.world_size < cfg.data.batch_size:
-        raise ValueError(f"data.batch_size={cfg.data.batch_size} is larger than the training split per process "
-                         f"({len(train_ds)} samples / {ctx.world_size}); lower data.batch_size")
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training split per process "
+                          f"({len(train_ds)} samples / {ctx.world_size}); lower data.batch_size")
     sampler = EpochSampler(len(train_ds), cfg.train.seed, ctx.rank, ctx.world_size)
     collate = Collate(train_ds.modalities)
     loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True,
@@ -111,19 +110,20 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     val_loader = DataLoader(val_ds, batch_size=cfg.data.batch_size, sampler=ShardSampler(len(val_ds), ctx.rank,
                             ctx.world_size), num_workers=cfg.data.num_workers, collate_fn=collate)
 
+    # the method owns the models and the losses of a step (workbench.methods); this loop owns the rest
     method = build_method(cfg, train_ds, device, ctx, teacher_checkpoint)
     optimizer = torch.optim.AdamW(param_groups(method.model, cfg.train.weight_decay), lr=cfg.train.lr)
-    iters_per_epoch = len(loader)
-    total = cfg.train.epochs * iters_per_epoch
+    total = cfg.train.epochs * len(loader)
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)
-    warmup = min(total - 1, round(cfg.train.warmup_epochs * iters_per_epoch))
+    warmup = min(total - 1, round(cfg.train.warmup_epochs * len(loader)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: lr_factor(it, total, warmup, cfg.train.poly_power))
     use_amp = device.type == "cuda" and cfg.train.amp in ("auto", "bf16") or cfg.train.amp == "bf16"
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
     channels_last = cfg.train.channels_last and device.type == "cuda"
 
+    # resume: model, method (teacher, its optimizer), optimizer, schedule, RNG, step and history
     start_epoch, step, history = 0, 0, []
     last_path, final_path = run_dir / "last.pt", run_dir / "final.pt"
     if resume and last_path.exists():
@@ -137,12 +137,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
-    if ctx.is_main:
-        info = write_run_info(run_dir, cfg.to_json())
-        # metrics.jsonl mirrors the checkpoint's history, so a resumed run never holds stale lines
+    info = write_run_info(run_dir, cfg.to_json()) if ctx.is_main else {}
+    if ctx.is_main:  # metrics.jsonl mirrors the checkpoint's history, so a resumed run never holds stale lines
         atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    else:
-        info = {}
 
     def checkpoint(epoch: int, path: Path) -> None:
         if ctx.is_main:
@@ -153,59 +150,63 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                 "classes": list(train_ds.classes), "modalities": list(train_ds.modalities),
             })
 
-    def log(entry: dict) -> None:
+    def record(entry: dict) -> None:
         history.append(entry)
         if ctx.is_main:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
 
-    last_val = None
-    done = step >= total
-    epoch = start_epoch - 1
+    last_val, epoch = None, start_epoch - 1
     for epoch in range(start_epoch, cfg.train.epochs):
-        if done:
+        if step >= total:
             break
         train_ds.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + epoch)  # dropout subsets, permutations
+        gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + epoch)  # dropout subsets, CPD pairs
         method.train()
-        bar = tqdm(loader, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}", disable=not (progress and ctx.is_main),
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(loader, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+                   disable=not (progress and ctx.is_main), dynamic_ncols=True)
         t0, seen = time.perf_counter(), 0
         for batch in bar:
             batch = move_batch(batch, device, channels_last)
+            # forward: the method's named losses for this batch ("loss" is the total to back-propagate)
             with autocast():
                 losses = method.training_step(batch, gen)
-            loss = losses["loss"]
-            if not torch.isfinite(loss.detach()):
+            # a non-finite loss stops training before it can touch the weights
+            if not torch.isfinite(losses["loss"].detach()):
                 named = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                 raise TrainingDiverged(
                     f"non-finite loss at step {step} (epoch {epoch + 1}): {named}. Nothing was saved after it; "
                     f"the last good checkpoint is {last_path if last_path.exists() else 'none yet'}. Lower train.lr, "
                     f"set train.grad_clip, or check the inputs for NaN")
+            # backward (DDP all-reduces the student's gradients here)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses["loss"].backward()
             method.sync_gradients()
+            # clip
             if cfg.train.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(method.model.parameters(), cfg.train.grad_clip)
+            # step, then set the next iteration's learning rate
             optimizer.step()
             scheduler.step()
+            # the method's work after the step (RobustSeg: the feedback step on the teacher)
             with autocast():
                 extra = method.after_step(batch, gen, lr=optimizer.param_groups[0]["lr"])
+            # log
             step += 1
             seen += batch["label"].shape[0] * ctx.world_size
             entry = {"step": step, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                      **{f"train/{k}": v for k, v in _jsonable({**losses, **extra}).items()},
                      "img_per_s": seen / max(1e-9, time.perf_counter() - t0)}
-            log(entry)
+            record(entry)
             bar.set_postfix(loss=f"{entry['train/loss']:.3f}", img_s=f"{entry['img_per_s']:.1f}")
             if step >= total:
-                done = True
                 break
         bar.close()
-        last_epoch = epoch + 1 == cfg.train.epochs or done
+        last_epoch = epoch + 1 == cfg.train.epochs or step >= total
         ctx.broadcast_buffers(method.model)
-        if cfg.train.val_every and ((epoch + 1) % cfg.train.val_every == 0 or last_epoch):
+        # evaluate every combination on val: every `val_every` epochs and after the last one
+        if last_epoch or (cfg.train.val_every and (epoch + 1) % cfg.train.val_every == 0):
             res = evaluate_combinations(method.model, val_loader, protocols=(cfg.train.protocol,), device=device,
                                         classes=train_ds.classes, progress=False,
                                         reduce_fn=ctx.all_reduce_sum if ctx.enabled else None,
@@ -213,7 +214,13 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             last_val = {"step": step, "epoch": epoch + 1, "val/miou_full": res.full(cfg.train.protocol),
                         "val/emm": res.emm(cfg.train.protocol), "val/worst": res.worst(cfg.train.protocol)[1]}
             last_val.update({f"val/{k}": v for k, v in method.validation_logs().items()})
-            log(last_val)
+            record(last_val)
+        if ctx.is_main:
+            log.info("%s epoch %d/%d: step %d, loss %.4f, %.1f img/s%s", cfg.name, epoch + 1, cfg.train.epochs, step,
+                     entry["train/loss"], entry["img_per_s"],
+                     f", val full {last_val['val/miou_full']:.2f} EMM {last_val['val/emm']:.2f}"
+                     if last_val and last_val["epoch"] == epoch + 1 else "")
+        # checkpoint
         if (epoch + 1) % cfg.train.ckpt_every == 0 or last_epoch:
             checkpoint(epoch, last_path)
     if ctx.is_main:  # final.pt: the last state without optimizer/scheduler, the artefact others load

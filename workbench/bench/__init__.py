@@ -1,1 +1,8 @@
-"""Benchmarks: each module times a vectorized implementation against a naive reference (`main(argv)`)."""
+"""Benchmarks (`python -m workbench bench NAME`): each times the workbench's way against the naive way
+in one run and prints the ratio, then one JSON line. Each module exposes `add_arguments` and `run`."""
+
+BENCHES = {
+    "combos": "workbench.bench.combos",  # one-pass all-combination evaluation vs one forward per combination
+    "losses": "workbench.bench.losses",  # vectorized HPD losses vs loop references
+    "step": "workbench.bench.step",  # a RobustSeg training step vs a baseline step
+}

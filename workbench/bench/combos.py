@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from workbench.config import preset
 from workbench.data import Collate, dataset_from_config
 from workbench.evaluate import evaluate_combinations
-from workbench.models import build_model
+from workbench.models import build_model, load_model
 
 
 def _time(fn, repeats: int):
@@ -45,8 +45,6 @@ def bench_profile(profile: str, batches: int, repeats: int, fusion: str, checkpo
             break
         data.append(b)
     if checkpoint:  # a trained model: near-tied logits (where summation order can flip argmax) are rare
-        from workbench.methods import load_model
-
         model = load_model(checkpoint)
     else:
         model = build_model(cfg.model, ds.modalities, ds.num_classes)
@@ -68,15 +66,18 @@ def bench_profile(profile: str, batches: int, repeats: int, fusion: str, checkpo
             "identical_float64": same64}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m workbench bench combos", description=__doc__)
-    p.add_argument("--profiles", default="tiny,quick")
-    p.add_argument("--fusion", default="mean", choices=("mean", "softmax"))
-    p.add_argument("--batches", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--profiles", default="tiny,quick", help="comma-separated profiles to time")
+    p.add_argument("--fusion", default="mean", choices=("mean", "softmax"), help="fusion of the random model")
+    p.add_argument("--batches", type=int, default=2, help="val batches evaluated per timing")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per way (best of N)")
     p.add_argument("--checkpoint", default=None, help="time a trained model (its own profile's data) instead of "
                    "a randomly initialized one; use with a single --profiles entry")
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(torch.get_num_threads())
     rows = [bench_profile(pr, args.batches, args.repeats, args.fusion, args.checkpoint)
             for pr in args.profiles.split(",")]

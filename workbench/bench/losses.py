@@ -6,8 +6,7 @@ float64 that both implementations give the same values and gradients, prints a t
 JSON line:
 `{"bench": "losses", "speedup": {...}, "min_speedup": x, "identical": true}`.
 
-Run: `python -c "from workbench.bench.losses import main; main([])"` or
-`python -m workbench.bench.losses --presets tiny,quick --repeats 5`.
+Run: `python -m workbench bench losses --presets tiny,quick --repeats 5`.
 
 The `loop_*` functions are the references: a loop over samples and classes (and modalities and
 stages), as a straightforward implementation of the paper's equations would be written.
@@ -17,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from workbench.errors import UnknownName
 from workbench.losses import (
     Features,
     anymodal_dropout,
@@ -249,18 +248,21 @@ def _same(a: tuple, b: tuple) -> tuple[bool, float]:
     return all(torch.allclose(u.double(), v.double(), rtol=1e-9, atol=1e-10) for u, v in pairs), diff
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m workbench.bench.losses", description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--presets", default="tiny,quick", help="comma-separated: " + ", ".join(PRESETS))
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case (best of N is reported)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads while timing (default 1: on a busy shared CPU, every op big "
                         "enough to be split waits for its worker threads to get a time slice)")
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     names = [n for n in args.presets.split(",") if n]
     unknown = [n for n in names if n not in PRESETS]
     if unknown:
-        p.error(f"unknown preset {unknown[0]!r}; valid presets: {', '.join(PRESETS)}")
+        raise UnknownName(f"unknown preset {unknown[0]!r}; valid presets: {', '.join(PRESETS)}")
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
@@ -294,7 +296,3 @@ def _bench(names: list[str], repeats: int) -> tuple[list, dict, bool]:
             mode = "fwd+bwd" if diff_able else "fwd"
             rows.append((key, mode, t_vec * 1e3, t_loop * 1e3, t_loop / t_vec, diff, ok))
     return rows, speedup, identical
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

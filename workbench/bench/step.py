@@ -60,14 +60,17 @@ def bench_profile(profile: str, method_name: str, steps: int, warmup: int, devic
             "baseline_step_s": t_base, "method_step_s": t_rs, "ratio": t_rs / t_base}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m workbench bench step", description=__doc__)
-    p.add_argument("--profiles", default="tiny,quick")
-    p.add_argument("--method", default="robustseg")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--device", default="auto")
-    args = p.parse_args(argv)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--profiles", default="tiny,quick", help="comma-separated profiles to time")
+    p.add_argument("--method", default="robustseg", help="the method preset timed against the baseline step")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per profile")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+
+def run(args: argparse.Namespace) -> int:
     rows = [bench_profile(pr, args.method, args.steps, args.warmup, args.device) for pr in args.profiles.split(",")]
     print(f"{'profile':<8}{'method':<11}{'batch':>6}{'size':>6}{'baseline s':>12}{'method s':>10}{'ratio':>8}")
     for r in rows:

@@ -1,68 +1,41 @@
-"""Datasets: the synthetic benchmark (default) and the real DeLiVER / MUSES / MCubeS loaders.
-
-`build_dataset(name, split=..., ...)` is the one entry point; `collate` builds modality batches.
+"""Datasets: the synthetic benchmark (default) and the real DeLiVER / MUSES / MCubeS loaders
+(docs/DATASETS.md). `DATASETS` is the one registry: name -> dataset class, each built from a
+`DataConfig` by `from_config`, or from keyword arguments by `create`; `collate` builds modality batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from workbench.data.base import Collate, MultiModalDataset, collate, default_transform
+from workbench.data.base import Collate, MultiModalDataset, collate
+from workbench.data.deliver import DeliverDataset
+from workbench.data.mcubes import MCubeSDataset
+from workbench.data.muses import MusesDataset
 from workbench.data.synthetic_dataset import SyntheticDataset
 from workbench.data.transforms import IGNORE_INDEX, denormalize
+from workbench.errors import UnknownName
 
-__all__ = ["build_dataset", "collate", "Collate", "MultiModalDataset", "IGNORE_INDEX", "denormalize",
-           "DATASETS", "SyntheticDataset"]
+__all__ = ["DATASETS", "build_dataset", "dataset_from_config", "collate", "Collate", "MultiModalDataset",
+           "IGNORE_INDEX", "denormalize", "SyntheticDataset", "DeliverDataset", "MusesDataset", "MCubeSDataset"]
 
-
-def _synthetic(split, size=64, num_samples=512, seed=0, modalities=None, augment=None, transform="default",
-               eval_size=None, **kw) -> MultiModalDataset:
-    if transform == "default":
-        transform = default_transform(split, size if (augment or (augment is None and split == "train"))
-                                      else eval_size, augment)
-    return SyntheticDataset(split=split, size=size, num_samples=num_samples, seed=seed, modalities=modalities,
-                            transform=transform, **kw)
-
-
-def _real(name: str) -> Callable[..., MultiModalDataset]:
-    def build(split, root=None, modalities=None, size=None, augment=None, transform="default", eval_size=None,
-              **kw):
-        from workbench.data import real
-
-        if transform == "default":
-            transform = default_transform(split, size if (augment or (augment is None and split == "train"))
-                                          else eval_size, augment)
-        return real.build(name, root=root, split=split, modalities=modalities, transform=transform, **kw)
-
-    return build
-
-
-DATASETS: dict[str, Callable[..., MultiModalDataset]] = {
-    "synthetic": _synthetic,
-    "deliver": _real("deliver"),
-    "muses": _real("muses"),
-    "mcubes": _real("mcubes"),
+DATASETS: dict[str, type[MultiModalDataset]] = {
+    "synthetic": SyntheticDataset,
+    "deliver": DeliverDataset,
+    "muses": MusesDataset,
+    "mcubes": MCubeSDataset,
 }
 
 
-def build_dataset(name: str, split: str = "train", **kwargs) -> MultiModalDataset:
-    """Build a dataset by name. Samples are normalized dicts (see `workbench.data.base`).
-
-    `transform="default"` gives training augmentation on the train split and evaluation resizing
-    otherwise (`augment=` overrides); `transform=None` returns raw [0, 1] modalities."""
+def dataset_class(name: str) -> type[MultiModalDataset]:
     if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
-    return DATASETS[name](split, **kwargs)
+        raise UnknownName(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def build_dataset(name: str, split: str = "train", **kwargs) -> MultiModalDataset:
+    """A dataset by name from keyword arguments (see `MultiModalDataset.create`): training augmentation on
+    the train split, the evaluation resize otherwise; `transform=None` gives raw [0, 1] modalities."""
+    return dataset_class(name).create(split, **kwargs)
 
 
 def dataset_from_config(data_cfg, split: str, augment: bool | None = None, aug_seed: int = 0) -> MultiModalDataset:
-    """The dataset a `DataConfig` describes, for one split."""
-    if data_cfg.dataset == "synthetic":
-        n = {"train": data_cfg.train_samples, "val": data_cfg.val_samples, "test": data_cfg.test_samples}[split]
-        return build_dataset("synthetic", split, size=data_cfg.size, num_samples=n, seed=data_cfg.synthetic_seed,
-                             modalities=data_cfg.modalities or None, augment=data_cfg.augment if augment is None else augment,
-                             eval_size=data_cfg.eval_size, aug_seed=aug_seed)
-    return build_dataset(data_cfg.dataset, split, root=data_cfg.root, modalities=data_cfg.modalities or None,
-                         size=data_cfg.size, augment=data_cfg.augment if augment is None else augment,
-                         eval_size=data_cfg.eval_size, depth_source=data_cfg.depth_source, case=data_cfg.case,
-                         aug_seed=aug_seed)
+    """The dataset a `DataConfig` describes, for one split (`augment=None`: the config's choice)."""
+    return dataset_class(data_cfg.dataset).from_config(data_cfg, split, augment, aug_seed)

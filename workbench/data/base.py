@@ -13,10 +13,12 @@ import torch
 from torch.utils.data import Dataset
 
 from workbench.data.transforms import IGNORE_INDEX, Compose, eval_transform, train_transform
+from workbench.errors import DataError
 
 
 class MultiModalDataset(Dataset):
-    """Base class: subclasses set the class attributes and implement `__len__` and `load(index)`."""
+    """Base class: subclasses set the class attributes and implement `__len__`, `load(index)` and
+    `from_config(data_cfg, split, augment, aug_seed)` (how a `DataConfig` maps to their arguments)."""
 
     name: str = ""
     classes: tuple[str, ...] = ()
@@ -29,7 +31,7 @@ class MultiModalDataset(Dataset):
         modalities = tuple(modalities or self.all_modalities)
         unknown = [m for m in modalities if m not in self.all_modalities]
         if unknown:
-            raise ValueError(f"unknown modality {unknown[0]!r} for dataset {self.name!r}; "
+            raise DataError(f"unknown modality {unknown[0]!r} for dataset {self.name!r}; "
                              f"valid modalities: {', '.join(self.all_modalities)}")
         self.split = split
         self.modalities = modalities
@@ -40,6 +42,20 @@ class MultiModalDataset(Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @classmethod
+    def create(cls, split: str, transform="default", size: int | None = None, eval_size: int | None = None,
+               augment: bool | None = None, **kwargs) -> MultiModalDataset:
+        """The dataset with its default transform: training augmentation on the train split (crop `size`),
+        the evaluation resize (short side `eval_size`) otherwise; `augment=` overrides the split's
+        default, `transform=None` gives raw [0, 1] modalities, a `Compose` is used as it is."""
+        if transform == "default":
+            transform = split_transform(split, size, eval_size, augment)
+        return cls(split=split, transform=transform, **kwargs)
+
+    @classmethod
+    def from_config(cls, data_cfg, split: str, augment: bool | None = None, aug_seed: int = 0) -> MultiModalDataset:
+        raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
         """Augmentation draws depend on (aug_seed, epoch, index): reproducible with any worker count."""
@@ -63,17 +79,24 @@ def check_label(label: torch.Tensor, num_classes: int, meta: dict) -> None:
     bad = (label != IGNORE_INDEX) & ((label < 0) | (label >= num_classes))
     if bad.any():
         values = sorted(set(label[bad].unique().tolist()))[:5]
-        raise ValueError(
+        raise DataError(
             f"sample {meta.get('file', meta)} has label values {values} outside 0..{num_classes - 1} "
             f"(255 = ignore); check the dataset's label mapping or the file"
         )
+
+
+def split_transform(split: str, size: int | None, eval_size: int | None, augment: bool | None) -> Compose:
+    """Training augmentation with crop `size` on the train split (or when `augment`), else the
+    evaluation resize to short side `eval_size` (None: as stored)."""
+    train = augment if augment is not None else split == "train"
+    return default_transform(split, size if train else eval_size, train)
 
 
 def default_transform(split: str, size: int | None, augment: bool | None) -> Compose:
     augment = (split == "train") if augment is None else augment
     if augment:
         if size is None:
-            raise ValueError("augment=True needs a crop `size`")
+            raise DataError("augment=True needs a crop `size`")
         return train_transform(size)
     return eval_transform(size)
 

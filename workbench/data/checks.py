@@ -3,21 +3,24 @@ each problem with its fix, for a real dataset tree.
 
 Implements the layouts of docs/DATASETS.md through each loader's `scan` (the same cheap existence
 scan that a dataset runs when it is built), then decodes the labels to list the raw values found.
-`main` is the command line `python -m workbench data check ROOT --dataset NAME`: it prints the
+`add_arguments`/`run` are the command line `python -m workbench data check ROOT --dataset NAME`: it prints the
 report and exits with 1 when there are problems.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from workbench.data.real import Problem, RealDataset, examples, loaders, read_label
+from workbench.data import DATASETS
+from workbench.data.real import Problem, RealDataset, examples, read_label
+from workbench.errors import ConfigError, UnknownName
+
+REAL = {name: cls for name, cls in DATASETS.items() if issubclass(cls, RealDataset)}
 
 DEFAULT_SPLITS = {"deliver": ("train", "val", "test"), "muses": ("train", "val"), "mcubes": ("train", "val")}
 COUNTED = ("condition", "daytime", "case")  # metadata fields counted per split, where a dataset has them
@@ -95,21 +98,20 @@ def check_dataset(root, name: str, splits=None, modalities=None, depth_source: s
                   max_labels: int | None = None) -> DataReport:
     """Scan `root` as dataset `name` for each split and read its labels (at most `max_labels` per split,
     spread evenly; None = all). Argument errors raise; everything wrong in the tree is a problem."""
-    classes = loaders()
-    if name not in classes:
-        raise KeyError(f"unknown real dataset {name!r}; valid: {', '.join(classes)}")
-    cls = classes[name]
+    if name not in REAL:
+        raise UnknownName(f"unknown real dataset {name!r}; valid: {', '.join(REAL)}")
+    cls = REAL[name]
     modalities = tuple(modalities or cls.default_modalities or cls.all_modalities)
     unknown = [m for m in modalities if m not in cls.all_modalities]
     if unknown:
-        raise ValueError(f"unknown modality {unknown[0]!r} for {name}; valid: {', '.join(cls.all_modalities)}")
+        raise ConfigError(f"unknown modality {unknown[0]!r} for {name}; valid: {', '.join(cls.all_modalities)}")
     splits = tuple(splits or DEFAULT_SPLITS[name])
     bad_splits = [s for s in splits if s not in cls.splits]
     if bad_splits:
-        raise ValueError(f"unknown split {bad_splits[0]!r} for {name}; valid: {', '.join(cls.splits)}")
-    options = {"depth_source": depth_source} if name == "deliver" else {}
-    if name != "deliver" and depth_source != "hha":
-        raise ValueError(f"depth_source={depth_source!r} applies to DeLiVER only")
+        raise ConfigError(f"unknown split {bad_splits[0]!r} for {name}; valid: {', '.join(cls.splits)}")
+    options = {"depth_source": depth_source} if "depth_source" in cls.options else {}
+    if not options and depth_source != "hha":
+        raise ConfigError(f"depth_source={depth_source!r} applies to DeLiVER only")
 
     root = Path(root).expanduser()
     report = DataReport(name, str(root), modalities)
@@ -133,14 +135,12 @@ def check_dataset(root, name: str, splits=None, modalities=None, depth_source: s
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`workbench data check ROOT --dataset NAME [...]` (argv: the arguments after `data check`)."""
-    parser = argparse.ArgumentParser(
-        prog="workbench data check",
-        description="Check a real dataset tree against its layout (docs/DATASETS.md): counts, missing "
-                    "files, label values, and a fix for each problem. Exit status 1 when there are problems.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`python -m workbench data check ROOT --dataset NAME [...]`."""
+    parser.description = ("Check a real dataset tree against its layout (docs/DATASETS.md): counts, missing "
+                          "files, label values, and a fix for each problem. Exit status 1 when there are problems.")
     parser.add_argument("root", help="the dataset folder (e.g. data/DELIVER)")
-    parser.add_argument("--dataset", required=True, choices=sorted(loaders()), help="the layout to check")
+    parser.add_argument("--dataset", required=True, choices=sorted(REAL), help="the layout to check")
     parser.add_argument("--split", dest="splits", action="append", choices=("train", "val", "test"),
                         help="a split to check (repeatable; default: deliver train/val/test, others train/val)")
     parser.add_argument("--modalities", nargs="+", help="modalities to check (default: the dataset's default set)")
@@ -148,16 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="DeLiVER: the folder depth is read from")
     parser.add_argument("--max-labels", type=int, default=None,
                         help="decode at most N labels per split, spread evenly (default: all)")
-    args = parser.parse_args(argv)
-    try:
-        report = check_dataset(args.root, args.dataset, args.splits, args.modalities, args.depth_source,
-                               args.max_labels)
-    except (KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    report = check_dataset(args.root, args.dataset, args.splits, args.modalities, args.depth_source, args.max_labels)
     print(report)
     return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

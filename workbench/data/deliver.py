@@ -29,6 +29,7 @@ from workbench.data.real import (
     split_by_completeness,
     three_channels,
 )
+from workbench.errors import DataError
 
 CLASSES = ("Building", "Fence", "Other", "Pedestrian", "Pole", "RoadLine", "Road", "SideWalk", "Vegetation",
            "Cars", "Wall", "TrafficSign", "Sky", "Ground", "Bridge", "RailTrack", "GroundRail", "TrafficLight",
@@ -64,6 +65,7 @@ class DeliverDataset(RealDataset):
     conditions = CONDITIONS
     cases = CASES
     layout = "img/, hha/, depth/, event/, lidar/ and semantic/ (each <condition>/<split>/MAP_*/<id>_<modality>_front.png)"
+    options = ("depth_source",)
     label_fix = ("the semantic PNGs must hold CARLA's class id 1..25 in channel 0 (0 and 255 = ignore); "
                  "re-extract DeLiVER's semantic archive")
 
@@ -81,10 +83,10 @@ class DeliverDataset(RealDataset):
     def scan(cls, root: Path, split: str, modalities: Sequence[str], case: str | None = None,
              depth_source: str = "hha") -> Scan:
         if depth_source not in DEPTH_SOURCES:
-            raise ValueError(f"depth_source={depth_source!r} is not valid; choose 'hha' (3-channel HHA, the "
+            raise DataError(f"depth_source={depth_source!r} is not valid; choose 'hha' (3-channel HHA, the "
                              f"reference loader) or 'depth' (the raw depth/ folder)")
         if case is not None and case not in CONDITIONS + CASES:
-            raise ValueError(f"unknown DeLiVER case {case!r}; valid: {', '.join(CONDITIONS + CASES)} or None")
+            raise DataError(f"unknown DeLiVER case {case!r}; valid: {', '.join(CONDITIONS + CASES)} or None")
         scan = Scan()
         if not (root / "img").is_dir():
             scan.problems.append(Problem(

@@ -33,6 +33,7 @@ from workbench.data.real import (
     split_by_completeness,
     three_channels,
 )
+from workbench.errors import DataError
 
 CLASSES = ("asphalt", "concrete", "metal", "road_marking", "fabric", "glass", "plaster", "plastic", "rubber",
            "sand", "gravel", "ceramic", "cobblestone", "brick", "grass", "wood", "leaf", "water", "human", "sky")
@@ -73,7 +74,7 @@ class MCubeSDataset(RealDataset):
     @classmethod
     def scan(cls, root: Path, split: str, modalities: Sequence[str], case: str | None = None) -> Scan:
         if case is not None:
-            raise ValueError(f"MCubeS has no conditions or cases to filter by; got case={case!r}, use case=None")
+            raise DataError(f"MCubeS has no conditions or cases to filter by; got case={case!r}, use case=None")
         scan = Scan()
         list_file = root / "list_folder" / LIST_FILE[split]
         if not list_file.is_file():
@@ -127,7 +128,7 @@ class MCubeSDataset(RealDataset):
             out[m] = x[..., LEFT_CROP:].contiguous()
         label = read_label(record.files["label"][0])
         if label.shape[-1] <= LEFT_CROP:
-            raise ValueError(f"the label is {label.shape[-1]} pixels wide; MCubeS crops the left {LEFT_CROP} "
+            raise DataError(f"the label is {label.shape[-1]} pixels wide; MCubeS crops the left {LEFT_CROP} "
                              f"columns, so images must be wider (1224 in the release)")
         out["label"] = label[..., LEFT_CROP:].contiguous()
         return out

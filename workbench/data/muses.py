@@ -29,6 +29,7 @@ from workbench.data.real import (
     split_by_completeness,
     three_channels,
 )
+from workbench.errors import DataError
 
 CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
            "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
@@ -71,7 +72,7 @@ class MusesDataset(RealDataset):
     @classmethod
     def scan(cls, root: Path, split: str, modalities: Sequence[str], case: str | None = None) -> Scan:
         if case is not None and not all(t in WEATHERS + DAYTIMES for t in case.split("_")):
-            raise ValueError(f"unknown MUSES case {case!r}; give a weather ({', '.join(WEATHERS)}), a time of day "
+            raise DataError(f"unknown MUSES case {case!r}; give a weather ({', '.join(WEATHERS)}), a time of day "
                              f"({', '.join(DAYTIMES)}) or both joined by '_' (e.g. 'fog_night'), or None")
         scan = Scan()
         anchors = sorted(root.glob(f"frame_camera/{split}/*/*/*.png"))

@@ -22,8 +22,9 @@ from PIL import Image
 
 from workbench.data.base import MultiModalDataset
 from workbench.data.transforms import IGNORE_INDEX, Compose
+from workbench.errors import ConfigError, DataError
 
-__all__ = ["build", "loaders", "RealDataset", "Record", "Scan", "Problem", "read_image", "read_label",
+__all__ = ["RealDataset", "Record", "Scan", "Problem", "read_image", "read_label",
            "three_channels", "IGNORE_INDEX"]
 
 
@@ -55,7 +56,7 @@ def read_png16(path: Path) -> torch.Tensor:
     try:
         from torchvision.io import ImageReadMode, decode_png, read_file
     except ImportError as e:
-        raise ValueError(f"{path} is a 16-bit colour PNG, which Pillow truncates to 8 bits, and this torchvision has "
+        raise DataError(f"{path} is a 16-bit colour PNG, which Pillow truncates to 8 bits, and this torchvision has "
                          f"no PNG decoder; install a torchvision with torchvision.io.decode_png") from e
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torchvision >= 0.29 deprecates its image decoders
@@ -144,24 +145,25 @@ class RealDataset(MultiModalDataset):
     default_modalities: tuple[str, ...] = ()  # when `modalities=None`; empty = all
     layout: str = ""  # one line for messages: where the samples are listed from
     label_fix: str = "re-extract the label files; they must hold class ids (255 = ignore)"
+    options: tuple[str, ...] = ()  # extra constructor options that come from the DataConfig (DeLiVER: depth_source)
 
     def __init__(self, root, split: str = "train", modalities=None, transform: Compose | None = None,
                  case: str | None = None, aug_seed: int = 0, **scan_options):
         if root is None:
-            raise ValueError(f"dataset {self.name!r} needs root=: the folder that holds {self.layout} "
+            raise DataError(f"dataset {self.name!r} needs root=: the folder that holds {self.layout} "
                              f"(docs/DATASETS.md); set data.root in the config or pass root=")
         root = Path(root).expanduser()
         if not root.is_dir():
-            raise ValueError(f"{self.name} root {str(root)!r} is not a folder; point root at the folder that "
+            raise DataError(f"{self.name} root {str(root)!r} is not a folder; point root at the folder that "
                              f"holds {self.layout}")
         if split not in self.splits:
-            raise ValueError(f"unknown split {split!r} for {self.name}; valid splits: {', '.join(self.splits)}")
+            raise DataError(f"unknown split {split!r} for {self.name}; valid splits: {', '.join(self.splits)}")
         super().__init__(split, modalities or self.default_modalities or None, transform, aug_seed)
         self.root, self.case = root, case
         scan = self.scan(root, split, self.modalities, case=case, **scan_options)
         if scan.problems:
             listing = "\n".join(f"  - {p}".replace("\n", "\n  ") for p in scan.problems)
-            raise ValueError(
+            raise DataError(
                 f"{self.name} at {root} cannot be built for split {split!r} "
                 f"(modalities {', '.join(self.modalities)}):\n{listing}\n"
                 f"The full report: python -m workbench data check {root} --dataset {self.name}")
@@ -181,6 +183,16 @@ class RealDataset(MultiModalDataset):
         """Which raw label values (before any mapping) the layout allows: classes and 255."""
         return (values == IGNORE_INDEX) | ((values >= 0) & (values < len(cls.classes)))
 
+    @classmethod
+    def from_config(cls, data_cfg, split: str, augment: bool | None = None, aug_seed: int = 0) -> RealDataset:
+        if data_cfg.depth_source != "hha" and "depth_source" not in cls.options:
+            raise ConfigError(f"data.depth_source={data_cfg.depth_source!r} applies to DeLiVER only ({cls.name} has "
+                              f"no depth folder); leave it at 'hha'")
+        options = {"depth_source": data_cfg.depth_source} if "depth_source" in cls.options else {}
+        return cls.create(split, size=data_cfg.size, eval_size=data_cfg.eval_size,
+                          augment=data_cfg.augment if augment is None else augment, root=data_cfg.root,
+                          modalities=data_cfg.modalities or None, case=data_cfg.case, aug_seed=aug_seed, **options)
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -189,41 +201,14 @@ class RealDataset(MultiModalDataset):
         try:
             sample = self.read(record)
         except (OSError, RuntimeError, ValueError) as e:
-            raise ValueError(f"{self.name}: cannot decode sample {record.meta['file']} ({e}); re-extract its files "
+            raise DataError(f"{self.name}: cannot decode sample {record.meta['file']} ({e}); re-extract its files "
                              f"or run `python -m workbench data check {self.root} --dataset {self.name}`") from e
         h, w = sample["label"].shape
         for m in self.modalities:
             if sample[m].shape[-2:] != (h, w):
-                raise ValueError(
+                raise DataError(
                     f"{self.name}: sample {record.meta['file']} has {m} of size {tuple(sample[m].shape[-2:])} but its "
                     f"label is {(h, w)}; every modality must be registered to the label's pixel grid "
                     f"(re-export {m} at the camera resolution)")
         sample["meta"] = dict(record.meta, index=index)
         return sample
-
-
-def loaders() -> dict[str, type[RealDataset]]:
-    """Name -> dataset class (imported here: the dataset modules import this one)."""
-    from workbench.data.deliver import DeliverDataset
-    from workbench.data.mcubes import MCubeSDataset
-    from workbench.data.muses import MusesDataset
-
-    return {"deliver": DeliverDataset, "muses": MusesDataset, "mcubes": MCubeSDataset}
-
-
-def build(name: str, root, split: str, modalities=None, transform: Compose | None = None,
-          depth_source: str = "hha", case: str | None = None, aug_seed: int = 0) -> RealDataset:
-    """The real dataset `name` ("deliver", "muses", "mcubes") at `root`, checked at build time.
-
-    `depth_source` ("hha" or "depth") applies to DeLiVER only; `case` filters samples (DeLiVER: a
-    condition or sensor-failure case; MUSES: a weather, a time of day or both as "fog_night")."""
-    classes = loaders()
-    if name not in classes:
-        raise KeyError(f"unknown real dataset {name!r}; valid: {', '.join(classes)}")
-    if name == "deliver":
-        return classes[name](root, split, modalities, transform, case=case, aug_seed=aug_seed,
-                             depth_source=depth_source)
-    if depth_source != "hha":
-        raise ValueError(f"depth_source={depth_source!r} applies to DeLiVER only ({name} has no depth folder); "
-                         f"leave it at 'hha'")
-    return classes[name](root, split, modalities, transform, case=case, aug_seed=aug_seed)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from workbench.data import synthetic as syn
-from workbench.data.base import MultiModalDataset
+from workbench.data.base import MultiModalDataset, split_transform
+from workbench.errors import ConfigError, DataError
 
 
 class SyntheticDataset(MultiModalDataset):
@@ -20,17 +21,42 @@ class SyntheticDataset(MultiModalDataset):
                  modalities=None, transform=None, condition: str | None = None, case: str | None = "auto",
                  cache: bool = True, aug_seed: int = 0):
         if split not in syn.SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(syn.SPLITS)}")
+            raise DataError(f"unknown split {split!r}; valid splits: {', '.join(syn.SPLITS)}")
         if condition is not None and condition not in syn.CONDITIONS:
-            raise ValueError(f"unknown condition {condition!r}; valid: {', '.join(syn.CONDITIONS)}")
+            raise DataError(f"unknown condition {condition!r}; valid: {', '.join(syn.CONDITIONS)}")
         if case not in ("auto", None) and case not in syn.CASES:
-            raise ValueError(f"unknown case {case!r}; valid: auto, None, {', '.join(syn.CASES)}")
+            raise DataError(f"unknown case {case!r}; valid: auto, None, {', '.join(syn.CASES)}")
         if size < 8 or num_samples < 1:
-            raise ValueError(f"size={size} must be >= 8 and num_samples={num_samples} >= 1")
+            raise DataError(f"size={size} must be >= 8 and num_samples={num_samples} >= 1")
         super().__init__(split, modalities, transform, aug_seed)
         self.size, self.num_samples, self.seed = size, num_samples, seed
         self.condition, self.case = condition, case
         self._cache: dict[int, dict] | None = {} if cache else None
+
+    @classmethod
+    def create(cls, split: str, transform="default", size: int = 64, eval_size: int | None = None,
+               augment: bool | None = None, **kwargs) -> SyntheticDataset:
+        """Rendered at `size`, which is also the training crop (see `MultiModalDataset.create`)."""
+        if transform == "default":
+            transform = split_transform(split, size, eval_size, augment)
+        return cls(split=split, transform=transform, size=size, **kwargs)
+
+    @classmethod
+    def from_config(cls, data_cfg, split: str, augment: bool | None = None, aug_seed: int = 0) -> SyntheticDataset:
+        """`data.case` renders every sample with that weather condition or sensor-failure case."""
+        case, condition = data_cfg.case, None
+        if case in syn.CONDITIONS:
+            case, condition = "auto", case
+        elif case is None:
+            case = "auto"
+        elif case not in syn.CASES:
+            raise ConfigError(f"data.case={case!r} is not a synthetic condition or case; valid: "
+                              f"{', '.join(syn.CONDITIONS + syn.CASES)} or none")
+        n = {"train": data_cfg.train_samples, "val": data_cfg.val_samples, "test": data_cfg.test_samples}[split]
+        return cls.create(split, size=data_cfg.size, eval_size=data_cfg.eval_size,
+                          augment=data_cfg.augment if augment is None else augment, num_samples=n,
+                          seed=data_cfg.synthetic_seed, modalities=data_cfg.modalities or None, condition=condition,
+                          case=case, aug_seed=aug_seed)
 
     def __len__(self) -> int:
         return self.num_samples

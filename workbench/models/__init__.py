@@ -1,6 +1,7 @@
-"""Models: timm encoders per modality, fusion, SegFormer head (METHOD.md, "Architecture")."""
+"""Models: timm encoders per modality, fusion, SegFormer head (docs/METHOD.md, "Architecture")."""
 
+from workbench.models.build import build_model, load_model
 from workbench.models.encoders import build_encoder, encoder_names
-from workbench.models.segmentor import PROTOCOLS, Segmentor, SegOutput, build_model
+from workbench.models.segmentor import PROTOCOLS, Segmentor, SegOutput
 
-__all__ = ["build_encoder", "encoder_names", "build_model", "Segmentor", "SegOutput", "PROTOCOLS"]
+__all__ = ["build_encoder", "encoder_names", "build_model", "load_model", "Segmentor", "SegOutput", "PROTOCOLS"]

@@ -1,4 +1,4 @@
-"""Per-modality encoders from timm (METHOD.md, "Architecture").
+"""Per-modality encoders from timm (docs/METHOD.md, "Architecture").
 
 `mit_b0`..`mit_b5` are SegFormer's Mix Transformer encoders, which are timm's `pvt_v2_bN` built
 with `mlp_ratios=(4, 4, 4, 4)` (same parameter shapes and outputs). `mit_tiny` is the same
@@ -10,10 +10,11 @@ to four stage features at strides 4/8/16/32; `feature_info` is checked when it i
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import timm
 from torch import nn
+
+from workbench.errors import ConfigError, UnknownName
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -39,27 +40,21 @@ def _create(name: str, in_chans: int, drop_path: float) -> nn.Module:
     if name in MIT_DEPTHS:
         return timm.create_model(f"pvt_v2_{name[-2:]}", mlp_ratios=(4, 4, 4, 4), drop_path_rate=drop_path, **common)
     if name not in timm.list_models():
-        raise KeyError(f"unknown encoder {name!r}; valid: {', '.join(encoder_names()[:-1])}, or a timm model name "
+        raise UnknownName(f"unknown encoder {name!r}; valid: {', '.join(encoder_names()[:-1])}, or a timm model name "
                        f"(see timm.list_models()), e.g. test_convnext, resnet18")
     try:
         return timm.create_model(name, **common)
     except (RuntimeError, AssertionError, TypeError, ValueError) as e:
-        raise ValueError(f"encoder {name!r} cannot be built with features_only=True and 4 stages: {e}") from e
+        raise ConfigError(f"encoder {name!r} cannot be built with features_only=True and 4 stages: {e}") from e
 
 
-def build_encoder(name: str, in_chans: int = 3, weights: str | Path | None = None, drop_path: float = 0.0) -> nn.Module:
+def build_encoder(name: str, in_chans: int = 3, drop_path: float = 0.0) -> nn.Module:
     """A timm features_only encoder whose forward returns the four stage features (B, C_i, H/s_i, W/s_i).
-
-    `weights`: a local checkpoint file (official SegFormer MiT names or timm names; see
-    `workbench.models.mit_weights`). Loading is strict: a key that does not map is an error."""
+    Pretrained weights are loaded by `workbench.models.build_model` (see `mit_weights.load_encoder_weights`)."""
     enc = _create(name, in_chans, drop_path)
     reductions = tuple(enc.feature_info.reduction())
     if reductions != EXPECTED_REDUCTIONS:
-        raise ValueError(f"encoder {name!r} has stage strides {reductions}; the segmentor needs {EXPECTED_REDUCTIONS}")
-    if weights is not None:
-        from workbench.models.mit_weights import load_encoder_weights
-
-        load_encoder_weights(enc, weights, in_chans=in_chans)
+        raise ConfigError(f"encoder {name!r} has stage strides {reductions}; the segmentor needs {EXPECTED_REDUCTIONS}")
     return enc
 
 

@@ -1,5 +1,5 @@
 """Load local pretrained encoder weights strictly, converting official SegFormer MiT names to timm's
-(METHOD.md, "Architecture": MiT-B0..B5 are timm's `pvt_v2_b0..b5` with `mlp_ratios=(4, 4, 4, 4)`).
+(docs/METHOD.md, "Architecture": MiT-B0..B5 are timm's `pvt_v2_b0..b5` with `mlp_ratios=(4, 4, 4, 4)`).
 
 Key mapping, official SegFormer -> the timm `features_only` encoder that `build_encoder` creates:
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from workbench.checkpoint import describe_mismatches
+from workbench.errors import MissingFile, WeightsError
 from workbench.models.encoders import MIT_DEPTHS, MIT_WIDTHS, build_encoder
 
 VARIANTS = tuple(name.removeprefix("mit_") for name in MIT_DEPTHS)  # b0..b5
@@ -68,7 +68,7 @@ def official_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
         if new is None:
             continue
         if new in out:
-            raise ValueError(f"checkpoint keys {sources[new]!r} and {key!r} both map to {new!r}: the file mixes "
+            raise WeightsError(f"checkpoint keys {sources[new]!r} and {key!r} both map to {new!r}: the file mixes "
                              f"official SegFormer and timm names; re-save it with one naming")
         out[new], sources[new] = value, key
     return out
@@ -78,7 +78,7 @@ def _read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A flat name -> tensor dict from a local .pt/.pth/.bin or .safetensors file (wrapper dicts unwrapped)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (weights are never downloaded: give a local "
+        raise MissingFile(f"checkpoint {path} does not exist (weights are never downloaded: give a local "
                                 f"file, e.g. one written by `python -m workbench weights import-mit`)")
     try:
         if path.suffix == ".safetensors":
@@ -89,7 +89,7 @@ def _read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch/zip/pickle/safetensors raise many types for the same bad file
         reason = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else "unexpected end of file"
-        raise ValueError(
+        raise WeightsError(
             f"cannot read checkpoint {path} ({path.stat().st_size} bytes): {type(e).__name__}: {reason}. The file "
             f"is truncated or corrupt (compare its size with the source and copy it again), or it holds Python "
             f"objects that torch.load(weights_only=True) refuses (re-save only its state_dict)") from e
@@ -101,10 +101,10 @@ def _read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                 continue
         break
     if not isinstance(obj, Mapping):
-        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict (name -> tensor)")
+        raise WeightsError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict (name -> tensor)")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(f"checkpoint {path} is not a flat state dict: entries {_listing(bad)} are not tensors; "
+        raise WeightsError(f"checkpoint {path} is not a flat state dict: entries {_listing(bad)} are not tensors; "
                          f"expected names -> tensors, optionally wrapped as {{'state_dict': ...}} or {{'model': ...}}")
     return dict(obj)
 
@@ -132,7 +132,7 @@ def adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     three RGB filters scaled by 3 / in_chans, i.e. sum(RGB filters) / in_chans. A grey image repeated over
     the in_chans channels then gives the same first-layer response as that grey image in RGB."""
     if weight.ndim != 4 or weight.shape[1] != 3:
-        raise ValueError(f"first-layer adaptation needs RGB conv weights (O, 3, kh, kw), got {tuple(weight.shape)}")
+        raise WeightsError(f"first-layer adaptation needs RGB conv weights (O, 3, kh, kw), got {tuple(weight.shape)}")
     mean = weight.float().mean(dim=1, keepdim=True)  # (O, 1, kh, kw)
     return (mean.repeat(1, in_chans, 1, 1) * (3.0 / in_chans)).to(weight.dtype)
 
@@ -147,7 +147,7 @@ def _adapt_input_layer(state_dict: dict[str, torch.Tensor], target: Mapping[str,
                   and target[k].shape[1] == in_chans and v.shape[0] == target[k].shape[0]
                   and v.shape[2:] == target[k].shape[2:]]
     if len(candidates) > 1:
-        raise ValueError(f"cannot tell which layer is the input conv to adapt from 3 to {in_chans} channels: "
+        raise WeightsError(f"cannot tell which layer is the input conv to adapt from 3 to {in_chans} channels: "
                          f"{candidates}; convert the checkpoint's first layer yourself")
     if candidates:
         key = candidates[0]
@@ -181,11 +181,11 @@ def _variant_hint(state_dict: Mapping[str, torch.Tensor], target: Mapping[str, t
 
 
 def _check_fits(state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], what: str) -> None:
-    """ValueError unless the key sets are equal and every shape matches."""
+    """WeightsError unless the key sets are equal and every shape matches."""
     problems = describe_mismatches(target, state_dict, "encoder", _MAX_LISTED)
     if not problems:
         return
-    raise ValueError(f"{what} does not fit the encoder: " + problems + "." + _variant_hint(state_dict, target)
+    raise WeightsError(f"{what} does not fit the encoder: " + problems + "." + _variant_hint(state_dict, target)
                      + " Use the checkpoint of the same encoder and variant; convert official SegFormer files with "
                        "`python -m workbench weights import-mit SRC --variant bN --out DST`.")
 
@@ -195,8 +195,8 @@ def load_encoder_weights(enc: nn.Module, path: str | Path, in_chans: int = 3) ->
 
     The file may use official SegFormer MiT names or timm names (`stages_{i}.` or `stages.{i}.`), bare or
     wrapped as {'state_dict': ...} / {'model': ...}; `head.*` (ImageNet classifier) is dropped. Every
-    encoder key must be filled and every remaining checkpoint key used, with equal shapes, else ValueError
-    listing the missing/unexpected/mismatched keys. An unreadable (truncated, corrupt) file is a ValueError
+    encoder key must be filled and every remaining checkpoint key used, with equal shapes, else WeightsError
+    listing the missing/unexpected/mismatched keys. An unreadable (truncated, corrupt) file is a WeightsError
     naming it.
 
     `in_chans != 3` with an RGB checkpoint: the input conv (the only 4-D weight whose input dim is 3 in the
@@ -214,17 +214,17 @@ def import_mit(src: str | Path, variant: str, out: str | Path) -> Path:
     """Convert an official SegFormer MiT checkpoint `src` to a timm-named state dict at `out` (atomic write).
 
     `variant` is `b0`..`b5` (or `mit_b0`..); the converted keys and shapes must equal those of
-    `build_encoder(f"mit_{variant}")`, else ValueError saying which variant the checkpoint looks like."""
+    `build_encoder(f"mit_{variant}")`, else WeightsError saying which variant the checkpoint looks like."""
     variant = variant.lower().removeprefix("mit_")
     if variant not in VARIANTS:
-        raise ValueError(f"unknown MiT variant {variant!r}; valid: {', '.join(VARIANTS)}")
+        raise WeightsError(f"unknown MiT variant {variant!r}; valid: {', '.join(VARIANTS)}")
     sd = official_to_timm(_read_checkpoint(src))
     with torch.device("meta"):  # shapes only: no memory, no init time even for B5
         target = build_encoder(f"mit_{variant}").state_dict()
     sd = _match_stage_naming(sd, set(target))
     guess = guess_variant(sd)
     if guess is not None and guess != variant:
-        raise ValueError(f"checkpoint {src} is MiT-{guess.upper()}, not MiT-{variant.upper()}: "
+        raise WeightsError(f"checkpoint {src} is MiT-{guess.upper()}, not MiT-{variant.upper()}: "
                          f"use --variant {guess}")
     _check_fits(sd, target, f"checkpoint {src} (as mit_{variant})")
     out = Path(out)
@@ -240,21 +240,16 @@ def import_mit(src: str | Path, variant: str, out: str | Path) -> Path:
     return out
 
 
-def main(argv: list[str]) -> int:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`python -m workbench weights import-mit SRC --variant b0 --out DST`."""
-    parser = argparse.ArgumentParser(prog="python -m workbench weights", description="Pretrained encoder weights.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import-mit", help="convert an official SegFormer MiT checkpoint to timm names",
-                         description="Convert an official SegFormer MiT-B0..B5 checkpoint (e.g. mit_b0.pth) to a "
-                                     "timm-named encoder state dict that `build_encoder(..., weights=DST)` loads.")
-    imp.add_argument("src", metavar="SRC", help="official checkpoint (local file)")
-    imp.add_argument("--variant", required=True, choices=VARIANTS, help="MiT variant of SRC")
-    imp.add_argument("--out", required=True, metavar="DST", help="output file (written atomically)")
-    args = parser.parse_args(argv)
-    try:
-        out = import_mit(args.src, args.variant, args.out)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    parser.description = ("Convert an official SegFormer MiT-B0..B5 checkpoint (e.g. mit_b0.pth) to a timm-named "
+                          "encoder state dict that `model.weights=DST` loads.")
+    parser.add_argument("src", metavar="SRC", help="official checkpoint (local file)")
+    parser.add_argument("--variant", required=True, choices=VARIANTS, help="MiT variant of SRC")
+    parser.add_argument("--out", required=True, metavar="DST", help="output file (written atomically)")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = import_mit(args.src, args.variant, args.out)
     print(f"wrote {out} (mit_{args.variant}, timm names)")
     return 0

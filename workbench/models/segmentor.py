@@ -1,6 +1,6 @@
 """The multi-modal segmentor: per-modality encoders, per-stage fusion, SegFormer all-MLP head.
 
-METHOD.md, "Architecture" and "Missing modalities". Inputs are a modality dict plus a `present`
+docs/METHOD.md, "Architecture" and "Missing modalities: the zero and drop protocols". Inputs are a modality dict plus a `present`
 mask (B, M). Two protocols for an absent modality:
 
 - `zero`: its normalized input is zeroed, still encoded, and fused with the others (DeLiVER's
@@ -22,9 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.errors import ConfigError
 from workbench.models.encoders import build_encoder, encoder_channels
+from workbench.options import Fusion as FusionKind
+from workbench.options import Protocol, check, choices
 
-PROTOCOLS = ("drop", "zero")
+PROTOCOLS = choices(Protocol)
 
 
 @dataclass
@@ -40,8 +43,7 @@ class Fusion(nn.Module):
 
     def __init__(self, kind: str, channels: tuple[int, ...], num_modalities: int):
         super().__init__()
-        if kind not in ("mean", "softmax"):
-            raise KeyError(f"unknown fusion {kind!r}; valid: mean, softmax")
+        check("model.fusion", kind, FusionKind)
         self.kind = kind
         if kind == "softmax":  # one scalar score per modality, pixel and stage
             self.score = nn.ModuleList(
@@ -89,17 +91,17 @@ class Segmentor(nn.Module):
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, encoder: str = "mit_tiny",
                  in_chans: dict[str, int] | None = None, shared_encoder: bool = False, fusion: str = "mean",
-                 head_dim: int = 64, head_dropout: float = 0.1, drop_path: float = 0.0, weights: str | None = None):
+                 head_dim: int = 64, head_dropout: float = 0.1, drop_path: float = 0.0):
         super().__init__()
         self.modalities = tuple(modalities)
         self.num_classes = num_classes
         in_chans = {m: 3 for m in self.modalities} | (in_chans or {})
         if shared_encoder and len(set(in_chans[m] for m in self.modalities)) > 1:
-            raise ValueError(f"shared_encoder needs equal channel counts; got {in_chans}")
+            raise ConfigError(f"model.shared_encoder=True needs equal channel counts; got {in_chans}")
         self.shared_encoder = shared_encoder
         names = ["shared"] if shared_encoder else list(self.modalities)
         self.encoders = nn.ModuleDict({
-            n: build_encoder(encoder, in_chans[self.modalities[0] if shared_encoder else n], weights, drop_path)
+            n: build_encoder(encoder, in_chans[self.modalities[0] if shared_encoder else n], drop_path)
             for n in names})
         self.channels = encoder_channels(next(iter(self.encoders.values())))
         self.fusion = Fusion(fusion, self.channels, len(self.modalities))
@@ -109,8 +111,7 @@ class Segmentor(nn.Module):
         return self.encoders["shared" if self.shared_encoder else modality]
 
     def _check(self, inputs: dict, present: torch.Tensor | None, protocol: str) -> torch.Tensor:
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+        check("protocol", protocol, Protocol)
         missing = [m for m in self.modalities if m not in inputs]
         if missing:
             raise KeyError(f"input has no {missing[0]!r}; the model expects modalities {', '.join(self.modalities)}")
@@ -155,11 +156,3 @@ class Segmentor(nn.Module):
         fused = self.fuse(feats, weights)
         logits = F.interpolate(self.head(fused), size=(h, w), mode="bilinear", align_corners=False)
         return SegOutput(logits=logits, features=feats, fused=fused, present=present)
-
-
-def build_model(model_cfg, modalities: tuple[str, ...], num_classes: int,
-                in_chans: dict[str, int] | None = None) -> Segmentor:
-    """The segmentor a `ModelConfig` describes."""
-    return Segmentor(modalities, num_classes, encoder=model_cfg.encoder, in_chans=in_chans,
-                     shared_encoder=model_cfg.shared_encoder, fusion=model_cfg.fusion, head_dim=model_cfg.head_dim,
-                     head_dropout=model_cfg.head_dropout, drop_path=model_cfg.drop_path, weights=model_cfg.weights)

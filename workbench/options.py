@@ -1,0 +1,48 @@
+"""Every named option of the workbench, declared once as a `Literal` alias.
+
+The config fields are typed with these aliases (so `Config` validates against them) and the modules
+that branch on an option import the same alias, so a new value is added in one place. `choices(Alias)`
+gives the valid values; `check(name, value, Alias)` raises a `ConfigError` that lists them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from workbench.errors import ConfigError
+
+# data
+DatasetName = Literal["synthetic", "deliver", "muses", "mcubes"]
+DepthSource = Literal["hha", "depth"]  # DeLiVER: 3-channel HHA (reference loader) or the raw depth/ folder
+Split = Literal["train", "val", "test"]
+# model
+Fusion = Literal["mean", "softmax"]  # parameter-free mean (public code) or learned per-pixel softmax weights
+Protocol = Literal["drop", "zero"]  # an absent modality is not encoded / is zeroed and encoded
+# training
+SegLoss = Literal["ce", "ohem"]
+Amp = Literal["auto", "bf16", "off"]
+# distillation (docs/METHOD.md, "Losses")
+DropoutMode = Literal["sample", "batch", "none"]  # Anymodal Dropout per sample, per batch, or off
+KDReduction = Literal["element", "pixel"]  # KL mean over B*K*H*W elements (public code) or over pixels
+Pairing = Literal["permutation", "derangement", "same"]  # CPD modality pairing
+ProtoDivergence = Literal["kl_class", "cosine"]
+Prototypes = Literal["masked", "public"]  # absent classes masked out, or the public code's zero rows
+IFVModalities = Literal["primary", "all", "cross"]
+IFVDivergence = Literal["kl_spatial", "kl_width", "mse"]
+AsmStage = Literal["last", "all"]
+# evaluation
+Convention = Literal["deliver", "present"]  # mIoU: absent classes count 0 over all K, or nan-mean
+Which = Literal["model", "teacher"]  # a run's trained model, or the teacher stored with a distillation run
+
+
+def choices(alias: Any) -> tuple[str, ...]:
+    """The values of a `Literal` alias, in declaration order."""
+    return tuple(get_args(alias))
+
+
+def check(name: str, value: Any, alias: Any) -> Any:
+    """`value` if it is one of the alias's values, else a ConfigError naming `name` and the valid values."""
+    valid = choices(alias)
+    if value not in valid:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(map(repr, valid))}")
+    return value

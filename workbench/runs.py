@@ -1,0 +1,208 @@
+"""One way into a trained run: `Run` (a config, its folder and its checkpoint).
+
+    run = Run.of("robustseg", "quick", seed=0).ensure()   # train the teacher, then the student, or reuse
+    model = run.model()                                    # or run.model("teacher"): after feedback
+    res = run.evaluation("test")                           # every combination, both protocols (cached)
+    records = run.metrics()                                # metrics.jsonl as train / val rows
+
+A run configured by a preset lives in `runs/cache/<name>-<profile>-s<seed>-<config hash>/` (see
+`cache_dir`; `WORKBENCH_RUNS` moves `runs/`), so every notebook, command and benchmark that asks for
+the same configuration shares one trained model and one evaluation per split. `Run.at(path)` opens
+any run folder or checkpoint (e.g. one trained with `train --out`). The training itself is
+`workbench.train.train`; the evaluation engine is `workbench.evaluate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.checkpoint import atomic_write_text, load_checkpoint
+from workbench.config import Config, apply_overrides, preset
+from workbench.data import Collate, dataset_from_config
+from workbench.errors import MissingFile
+from workbench.evaluate import CombinationResults, evaluate_combinations
+from workbench.models import load_model
+from workbench.options import Which
+from workbench.paths import runs_dir
+from workbench.records import Records, read_records
+from workbench.train import resolve_device, train
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Run", "cache_dir", "notebook_overrides"]
+
+
+def cache_dir(cfg: Config) -> Path:
+    """Where the run of `cfg` is cached: `runs/cache/<name>-<profile>-s<seed>-<config hash>`."""
+    return runs_dir() / "cache" / f"{cfg.name}-{cfg.profile}-s{cfg.train.seed}-{cfg.hash()}"
+
+
+def notebook_overrides(dataset: str | None = None, data_root: str | None = None, device: str = "auto",
+                       overrides: dict | None = None) -> dict:
+    """A notebook's data/device parameters as config overrides (`dataset=None` keeps the profile's).
+    The device is not part of a run's identity, so every notebook reuses the same trained runs."""
+    out: dict[str, Any] = {"train.device": device}
+    if dataset is not None:
+        out["data.dataset"] = dataset
+        out["data.root"] = data_root
+    return out | dict(overrides or {})
+
+
+def _as_dict(overrides) -> dict:
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    return dict(str(o).split("=", 1) for o in overrides)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A training run: its `config`, its folder `dir` and its checkpoint (default `dir/final.pt`)."""
+
+    config: Config
+    dir: Path
+    checkpoint_path: Path | None = None
+
+    # -- opening a run ----------------------------------------------------------------------------
+    @classmethod
+    def of(cls, method: str, profile: str = "quick", seed: int = 0, overrides=None) -> Run:
+        """The cached run of a method preset at a profile and seed, with `--set`-style overrides."""
+        cfg = apply_overrides(preset(method, profile), {"train.seed": seed, **_as_dict(overrides)})
+        return cls.from_config(cfg)
+
+    @classmethod
+    def from_config(cls, cfg: Config, directory: str | Path | None = None) -> Run:
+        """The run of `cfg`, in `directory` or in the config-keyed cache."""
+        return cls(cfg, Path(directory) if directory is not None else cache_dir(cfg))
+
+    @classmethod
+    def at(cls, path: str | Path) -> Run:
+        """An existing run: its folder (with `final.pt`) or one of its checkpoint files."""
+        path = Path(path)
+        checkpoint = path / "final.pt" if path.is_dir() else path
+        if not checkpoint.is_file():
+            raise MissingFile(f"checkpoint {checkpoint} does not exist; give a run folder that holds final.pt or the path of "
+                              f"a checkpoint (train one with `python -m workbench train`)")
+        state = load_checkpoint(checkpoint)
+        return cls(Config.from_dict(state["config"]), checkpoint.parent, checkpoint)
+
+    # -- what it is -------------------------------------------------------------------------------
+    @property
+    def checkpoint(self) -> Path:
+        return self.checkpoint_path or self.dir / "final.pt"
+
+    @property
+    def done(self) -> bool:
+        return self.checkpoint.exists()
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def teacher(self) -> Run | None:
+        """The run a distillation student starts from (None for a baseline)."""
+        if not self.config.distill.enabled:
+            return None
+        if self.config.distill.teacher is not None:
+            return Run.at(self.config.distill.teacher)
+        return Run.from_config(self.config.teacher_config())
+
+    def __str__(self) -> str:
+        return f"{self.config.name} ({self.config.profile}, seed {self.config.train.seed}) at {self.dir}"
+
+    # -- training ---------------------------------------------------------------------------------
+    def ensure(self, progress: bool = True, retrain: bool = False) -> Run:
+        """Train this run (for a student: its teacher first) unless its checkpoint exists; an interrupted
+        run resumes from `last.pt`. `retrain=True` trains again from scratch into a new folder and
+        replaces the old run only when the new one has finished (a crash leaves the old run intact)."""
+        if self.done and not retrain:
+            return self
+        teacher = self.teacher
+        if teacher is not None and self.config.distill.teacher is None:
+            teacher.ensure(progress=progress)
+        teacher_checkpoint = teacher.checkpoint if teacher is not None else None
+        log.info("training %s", self)
+        if not (retrain and self.dir.exists()):
+            train(self.config, self.dir, resume=True, progress=progress, teacher_checkpoint=teacher_checkpoint)
+            return self
+        fresh, old = self.dir.with_name(f".{self.dir.name}.retrain"), self.dir.with_name(f".{self.dir.name}.old")
+        shutil.rmtree(fresh, ignore_errors=True)
+        train(self.config, fresh, resume=False, progress=progress, teacher_checkpoint=teacher_checkpoint)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(self.dir, old)
+        os.replace(fresh, self.dir)
+        shutil.rmtree(old, ignore_errors=True)
+        return self
+
+    def _require(self) -> None:
+        if not self.done:
+            raise MissingFile(f"{self} has no checkpoint yet ({self.checkpoint}); call .ensure() to train it")
+
+    # -- what it produced ---------------------------------------------------------------------------
+    def model(self, which: Which = "model", device: str = "auto") -> torch.nn.Module:
+        """The trained model in eval mode; `which="teacher"`: the teacher stored with a distillation run."""
+        self._require()
+        return load_model(self.checkpoint, resolve_device(device), which)
+
+    def metrics(self) -> Records:
+        return read_records(self.dir)
+
+    def dataset(self, split: str = "test", augment: bool = False):
+        """A split of the run's dataset (evaluation transform unless `augment`)."""
+        return dataset_from_config(self.config.data, split, augment=augment)
+
+    def loader(self, split: str = "test", batch_size: int | None = None, num_samples: int | None = None):
+        """Batches of a split (in order), optionally only its first `num_samples` samples."""
+        ds = self.dataset(split)
+        if num_samples is not None:
+            ds = torch.utils.data.Subset(ds, range(min(num_samples, len(ds))))
+        mods = ds.dataset.modalities if isinstance(ds, torch.utils.data.Subset) else ds.modalities
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size or self.config.data.batch_size,
+                                           collate_fn=Collate(mods), num_workers=self.config.data.num_workers)
+
+    def evaluation(self, split: str = "test", which: Which = "model", protocols=("zero", "drop"),
+                   convention: str = "deliver", device: str = "auto", batch_size: int | None = None,
+                   window: int | None = None, one_pass: bool = True, progress: bool = False) -> CombinationResults:
+        """Every modality combination under `protocols` on `split`: computed once, then read from
+        `eval/` beside the checkpoint (the cache entry names the checkpoint it was computed from, so a
+        retrained run is evaluated again; a corrupt entry is reported and recomputed)."""
+        self._require()
+        key = {"split": split, "which": which, "protocols": list(protocols), "window": window}
+        stat = self.checkpoint.stat()
+        source = {"checkpoint": self.checkpoint.name, "mtime_ns": stat.st_mtime_ns, "size": stat.st_size}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+        path = self.dir / "eval" / f"{split}-{which}-{digest}.json"
+        if path.exists():
+            try:
+                entry = json.loads(path.read_text())
+                if entry["key"] == key and entry["source"] == source:
+                    res = CombinationResults.from_state(entry["results"])
+                    res.convention = convention
+                    return res
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                log.warning("evaluation cache %s is unreadable (%s); computing it again", path, e)
+        model = self.model(which, device)
+        ds = self.dataset(split)
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size or self.config.data.batch_size,
+                                             collate_fn=Collate(ds.modalities), num_workers=self.config.data.num_workers)
+        res = evaluate_combinations(model, loader, protocols=tuple(protocols), one_pass=one_pass, convention=convention,
+                                    classes=ds.classes, progress=progress, desc=f"{self.config.name}/{which} {split}",
+                                    conditions=ds.conditions or None, window=window)
+        atomic_write_text(path, json.dumps({"key": key, "source": source, "results": res.state()}))
+        return res
+
+    def state(self) -> dict:
+        """The checkpoint's contents (config, weights, history, ...)."""
+        self._require()
+        return load_checkpoint(self.checkpoint)
