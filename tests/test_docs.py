@@ -95,7 +95,7 @@ def test_required_headings_in_order(name, required):
 
 def test_relative_links_point_at_existing_files_and_anchors():
     bad = []
-    for doc in sorted(DOCS.glob("*.md")):
+    for doc in [*sorted(DOCS.glob("*.md")), ROOT / "README.md"]:
         for target in LINK.findall("\n".join(_lines_outside_code(doc.read_text()))):
             if re.match(r"[a-z]+:", target):  # http(s), mailto: not checked here
                 continue
@@ -106,3 +106,19 @@ def test_relative_links_point_at_existing_files_and_anchors():
             elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
                 bad.append(f"{doc.name}: {target} (no heading with that anchor in {dest.name})")
     assert not bad, "broken links:\n" + "\n".join(bad)
+
+
+def test_readme_code_links_point_at_their_definitions():
+    """README links of the form [`name`](path#Lnnn) land on the line that defines `name`."""
+    import ast
+
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\[`([\w.]+)`\]\(([\w/.]+\.py)#L(\d+)\)", readme)
+    assert len(links) >= 15, "the README's table from each term to its function"
+    for qual, path, line in links:
+        tree = ast.parse((ROOT / path).read_text())
+        nodes, node = tree.body, None
+        for part in qual.split("."):
+            node = next(n for n in nodes if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == part)
+            nodes = node.body
+        assert node.lineno == int(line), f"README links {qual} to {path}#L{line}, but it is defined at line {node.lineno}"

@@ -50,7 +50,7 @@ class FeaturePoints:
 def feature_points(model, loader, stage: int = 1, mode: str = "prototypes", max_pixels: int = 2000,
                    seed: int = 0) -> FeaturePoints:
     """Per-modality points for t-SNE from a model over a loader. `prototypes`: one point per sample,
-    modality and class present (METHOD.md's p_c); `pixels`: labelled stage pixels, subsampled to
+    modality and class present (docs/METHOD.md, "Class prototypes"); `pixels`: labelled stage pixels, subsampled to
     `max_pixels` per modality (the same positions for every modality)."""
     if mode not in ("prototypes", "pixels"):
         raise ConfigError(f"mode={mode!r} is not valid; choose 'prototypes' or 'pixels'")

@@ -1,6 +1,6 @@
 """RobustSeg's losses: CE / OHEM, logit KD, class prototypes, CPD, IFV, ASM and Anymodal Dropout.
 
-Implements METHOD.md "Losses" and the loss equations of the paper (RobustSeg, CVPR 2026, "Loss &
+Implements docs/METHOD.md "Losses" and the loss equations of the paper (RobustSeg, CVPR 2026, "Loss &
 Training" and "Key Designs" 1-3):
 
     L_origin   = L_CE + lambda L_KL                                  basic self-distillation
@@ -97,7 +97,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | Non
     `KLDivLoss(reduction="mean")`, a mean over elements, i.e. `pixel` / K. Ignored pixels are left out
     of both the sum and the element count (mean over N_valid * K elements), so `element` is exactly
     `pixel` / K and, with no ignored pixel, exactly the public code's B*K*H*W mean (the public code also
-    distils ignored pixels; we do not, as the METHOD.md equation says "over valid pixels")."""
+    distils ignored pixels; we do not, as docs/METHOD.md "Logits distillation (L_KL)" says "over valid pixels")."""
     check("reduction", reduction, KDReduction)
     if teacher_logits.shape != student_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
@@ -261,7 +261,7 @@ def ifv_divergence(student_map: Tensor, teacher_map: Tensor, kind: str = "kl_spa
     """Distance between IFV maps, per map: (..., h, w) x 2 -> (...), e.g. (B,) or (B, M).
 
     `kl_spatial`: T^2 KL(softmax(M_T / T) || softmax(M_S / T)) with one softmax over all h*w positions
-    (METHOD.md default). `kl_width`: the public code (RMMSS `CriterionIFV`): softmax along the width
+    (docs/METHOD.md default). `kl_width`: the public code (RMMSS `CriterionIFV`): softmax along the width
     axis, KL summed over columns and rows (its `batchmean` over a batch of one map), times T^2.
     `mse`: IFVD (ECCV 2020), mean over h*w of (M_S - M_T)^2; `temperature` unused."""
     check("kind", kind, IFVDivergence)

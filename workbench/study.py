@@ -20,7 +20,7 @@ from workbench.tables import write_csv
 
 log = logging.getLogger(__name__)
 
-# The paper's ablation (MiT-B0, DeLiVER; EMM / full modality), METHOD.md.
+# The paper's ablation (MiT-B0, DeLiVER; EMM / full modality): docs/METHOD.md, "The paper's ablation and main table".
 PAPER_ABLATION = {
     "baseline": (39.36, 61.92), "basic_kd": (46.42, 61.34), "ifv_single": (47.51, 59.71),
     "ifv_cross": (43.42, 53.38), "cpd": (49.06, 60.11), "ifv_cpd": (48.63, 61.11), "hpd": (49.10, 61.26),

@@ -1,4 +1,4 @@
-"""SynthDeLiVER: a procedurally rendered miniature of DeLiVER's problem (DATASETS.md, "synthetic").
+"""SynthDeLiVER: a procedurally rendered miniature of DeLiVER's problem (docs/DATASETS.md, "The synthetic benchmark (SynthDeLiVER)").
 
 A pinhole camera at 1.5 m looks down a street. Objects are placed in 3-D (depth, lateral position,
 height) and painted far to near, so every pixel has a class, a depth, a height above the ground, a

@@ -1,4 +1,5 @@
-"""Joint transforms shared by every dataset (DATASETS.md, "Training augmentation" / "Normalization").
+"""Joint transforms shared by every dataset (docs/DATASETS.md, "Normalization" and
+"Augmentation and evaluation resize").
 
 A raw sample holds each modality as a float tensor (C, H, W) in [0, 1] (i.e. already /255), a
 `label` (H, W) long with 255 = ignore, and `meta`. Geometric transforms (random resized crop,
