@@ -48,7 +48,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.data.transforms import IGNORE_INDEX
 from workbench.losses import ce_loss
 from workbench.models.cmnext import ParallelPooling
 from workbench.models.encoders import build_encoder, encoder_channels
@@ -190,11 +189,13 @@ def consistency_loss(out: MagicOutput) -> torch.Tensor:
 
 
 def magic_losses(out: MagicOutput, labels: torch.Tensor, selected_weight: float = 1.0,
-                 consistency_weight: float = 1.0, ignore_index: int = IGNORE_INDEX) -> dict[str, torch.Tensor]:
+                 consistency_weight: float = 1.0, seg_loss=None) -> dict[str, torch.Tensor]:
     """MAGIC's training objective: L = CE(aggregated) + selected_weight CE(selected) + consistency_weight L_con.
+    `seg_loss(logits, labels)`: the segmentation loss (default `ce_loss`; e.g. OHEM from the run's config).
     Returns {"loss", "aggregated", "selected", "consistency"} (the parts detached)."""
-    parts = {"aggregated": ce_loss(out.logits, labels, ignore_index),
-             "selected": ce_loss(out.selected_logits, labels, ignore_index),
+    seg_loss = seg_loss or ce_loss
+    parts = {"aggregated": seg_loss(out.logits, labels),
+             "selected": seg_loss(out.selected_logits, labels),
              "consistency": consistency_loss(out)}
     loss = parts["aggregated"] + selected_weight * parts["selected"] + consistency_weight * parts["consistency"]
     return {"loss": loss, **{k: v.detach() for k, v in parts.items()}}
