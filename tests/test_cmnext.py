@@ -217,11 +217,9 @@ def _reference(model, x, public_residual):
     return outs
 
 
-@pytest.mark.parametrize("mods", [MODS, ("rgb", "depth")])
-@pytest.mark.parametrize("public_residual", [False, True])
+# with one auxiliary modality there is no residual, so the public reshape has nothing to scramble
+@pytest.mark.parametrize("mods, public_residual", [(MODS, False), (MODS, True), (("rgb", "depth"), False)])
 def test_forward_equals_the_public_definition_written_per_stage(mods, public_residual):
-    if public_residual and len(mods) == 2:
-        pytest.skip("with one auxiliary modality there is no residual to scramble")
     torch.manual_seed(0)
     model = CMNeXt(mods, 5, head_dim=16, public_aux_residual=public_residual).eval()
     _randomize(model)

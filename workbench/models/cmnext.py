@@ -46,7 +46,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from workbench.models.encoders import build_encoder, encoder_channels
-from workbench.models.segmentor import PROTOCOLS, SegFormerHead, SegOutput
+from workbench.models.segmentor import SegFormerHead, Segmentor, SegOutput
 
 PPX_MLP_RATIOS = (8, 8, 4, 4)  # public code: mlp_ratio of the MSPABlocks per stage
 
@@ -203,6 +203,8 @@ class CMNeXt(nn.Module):
     """RGB branch (MiT) + one auxiliary branch for the other modalities (SQ-Hub + PPX), FRM and FFM at
     every stage, SegFormer head on the fused features. Same interface as `Segmentor`."""
 
+    _check = Segmentor._check  # the same input checks and error messages
+
     def __init__(self, modalities: tuple[str, ...], num_classes: int, encoder: str = "mit_tiny", head_dim: int = 64,
                  head_dropout: float = 0.1, drop_path: float = 0.0, in_chans: dict[str, int] | None = None,
                  weights: str | None = None, public_aux_residual: bool = False):
@@ -245,22 +247,6 @@ class CMNeXt(nn.Module):
         if i == 0:
             x = self.rgb.patch_embed(x)  # (B, H/4, W/4, C_0), channels last as timm's stage 0 expects
         return self._rgb_stage_module(i)(x)
-
-    def _check(self, inputs: dict, present: torch.Tensor | None, protocol: str) -> torch.Tensor:
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
-        missing = [m for m in self.modalities if m not in inputs]
-        if missing:
-            raise KeyError(f"input has no {missing[0]!r}; the model expects modalities {', '.join(self.modalities)}")
-        x = inputs[self.modalities[0]]
-        if present is None:
-            present = torch.ones(x.shape[0], len(self.modalities), dtype=torch.bool, device=x.device)
-        if present.shape != (x.shape[0], len(self.modalities)):
-            raise ValueError(f"present mask has shape {tuple(present.shape)}; "
-                             f"expected (B={x.shape[0]}, M={len(self.modalities)})")
-        if not present.any(1).all():
-            raise ValueError("a sample has no modality present; every row of `present` needs at least one True")
-        return present.bool()
 
     def forward(self, inputs: dict, present: torch.Tensor | None = None, protocol: str = "drop") -> SegOutput:
         present = self._check(inputs, present, protocol)
