@@ -37,7 +37,10 @@ import torch.nn.functional as F
 
 from workbench.data.transforms import IGNORE_INDEX
 from workbench.options import (
+    AnySegAxis,
     AsmStage,
+    CMDFeatures,
+    CMDReduction,
     DropoutMode,
     IFVDivergence,
     KDReduction,
@@ -528,3 +531,129 @@ def ifv_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, n
         maps = _ifv_finish(torch.cat(own, -1), torch.cat(fsq, -1), torch.cat(labelled, -1)[:, None], eps)
         d = _stage_divergence(maps[:, 0], maps[:, 1], sizes, kind, temperature)  # (P, S)
     return d.sum() / d.numel()
+
+
+# ----------------------------------------------------------------------------------------------
+# AnySeg (comparator)
+#
+# AnySeg (Zheng et al., "Learning Robust Anymodal Segmentor with Unimodal and Cross-modal Distillation",
+# arXiv 2411.17141) distils a full-modality teacher into a student trained under Anymodal Dropout, with a
+# shared encoder whose per-modality stage features both sides expose. Its repository (zhengxuJosh/AnySeg)
+# ships no training code; the two feature losses are public as `UMD` and `CMD` in RobustSeg/UMMSS
+# (semseg/models/segformer/UMD.py and CMD.py), where features are lists over samples of (M, C, h, w)
+# stage tensors. The functions below take this project's modality dicts and a `received` (B, M) mask
+# (the public `index`: the modalities the student got) and are vectorized over samples and modalities.
+
+
+
+def _anyseg_dim(axis: str) -> int:
+    check("axis", axis, AnySegAxis)
+    return {"channel": 1, "height": 2, "width": 3}[axis]  # of a (P, C, h, w) stack
+
+
+def _received_rows(student_feats: Features, teacher_feats: Features, received: Tensor, stage: int,
+                   names: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """(P, C, h, w) student and (detached) teacher features of the received (sample, modality) pairs,
+    sample-major (the order of `received.nonzero()`)."""
+    rows = received.bool().flatten().nonzero().squeeze(1)  # b * M + m
+    s = _f32(_stack(student_feats, names, stage)).flatten(0, 1).index_select(0, rows)
+    t = _f32(_stack(teacher_feats, names, stage).detach()).flatten(0, 1).index_select(0, rows)
+    return s, t
+
+
+def umd_loss(student_feats: Features, teacher_feats: Features, received: Tensor, stages: Sequence[int] = (0, 1, 2, 3),
+             axis: str = "height", modalities: Sequence[str] | None = None) -> Tensor:
+    """L_UMD, AnySeg's unimodal distillation: per sample b, stage i and received modality m,
+    KL(softmax_a(f^T_{b,m,i}) || softmax_a(f^S_{b,m,i})) averaged over the C*h*w elements (the public
+    `KLDivLoss(reduction="mean")` on one sample's (C, h, w) map), clamped at 0; summed over stages and
+    received modalities, divided by the batch size B (the public `loss_umd / B`). -> scalar.
+
+    Axis: the public code applies `log_softmax(x, dim=1)` to `x_all[i][j][k]`, one sample's single-modality
+    map of shape (C, h, w), so dim 1 is the HEIGHT axis: for every channel and column, a distribution over
+    rows. (dim=1 is the channel axis of a batched (B, C, h, w) map; indexing sample and modality away first
+    shifted it.) `axis="height"` (default) reproduces the public loss; `"channel"` is the per-pixel class-like
+    softmax the call probably meant; `"width"` for completeness. The teacher side is detached."""
+    names = _names(student_feats, modalities)
+    _check_stages(stages, student_feats, names)
+    dim = _anyseg_dim(axis)
+    b = received.shape[0]
+    if not bool(received.any()):
+        return sum(student_feats[n][i].sum() for n in names for i in stages) * 0.0
+    total = 0.0
+    with _no_autocast(received.device):
+        for i in stages:
+            s, t = _received_rows(student_feats, teacher_feats, received, i, names)
+            log_q, log_p = s.log_softmax(dim), t.log_softmax(dim)
+            kl = (log_p.exp() * (log_p - log_q)).mean((1, 2, 3))  # (P,) element mean per map
+            total = total + kl.clamp(min=0).sum()
+    return total / b
+
+
+def _cmd_transform(s: Tensor, t: Tensor, features: str, dim: int) -> tuple[Tensor, Tensor]:
+    if features == "softmax":
+        return s.softmax(dim), t.softmax(dim)
+    if features == "public":
+        return s.log_softmax(dim), t.softmax(dim)
+    return s, t
+
+
+def _channel_cosine(x: Tensor, y: Tensor, eps: float) -> Tensor:
+    """Pairwise similarity of maps: x (P, C, L), y (Q, C, L) -> (P, Q), the mean over channels c of
+    cos(x_p[c], y_q[c]) over the L positions (`F.cosine_similarity(f_i.flatten(1), f_j.flatten(1), dim=1).mean()`
+    of the public code, whose f is one (C, h, w) map). The public diagonal is set to 1; callers do that."""
+    dots = torch.einsum("pcl,qcl->pqc", x, y)
+    norms = x.square().sum(-1)[:, None, :] * y.square().sum(-1)[None, :, :]  # (P, Q, C)
+    return (dots * norms.clamp_min(eps * eps).rsqrt()).mean(-1)
+
+
+def cmd_loss(student_feats: Features, teacher_feats: Features, received: Tensor, stages: Sequence[int] = (0, 1, 2, 3),
+             axis: str = "height", features: str = "softmax", reduction: str = "sample",
+             modalities: Sequence[str] | None = None, eps: float = 1e-8) -> Tensor:
+    """L_CMD, AnySeg's cross-modal distillation: the MSE between the student's and the teacher's
+    inter-modality similarity matrices. For sample b and stage i, over the n_b received modalities,
+    R[k, l] = mean_c cos(f_k[c], f_l[c]) (cosine over spatial positions, per channel; R[k, k] = 1) and
+    L = mean_{k,l} (R^S[k, l] - R^T[k, l])^2; summed over stages, averaged over samples -> scalar.
+
+    `features`: the maps compared, after a softmax along `axis` (the public code's transforms; `axis`
+    as in `umd_loss`, default `height`). `softmax` (default): both sides softmax, so identical student and
+    teacher give 0. `public`: the public code's pair, log_softmax for the student and softmax for the
+    teacher (copied from its UMD), whose matrices differ even for identical features. `raw`: no transform.
+
+    `reduction`: `sample` (default) is the intended per-sample mean. `public` reproduces the public loop:
+    its feature lists are created once, before the loop over samples, and the matrices and the loss are
+    recomputed inside that loop, each time overwriting the previous loss. So only the last iteration counts,
+    and by then the lists hold every sample: per stage, ONE (N x N) matrix over all N = sum_b n_b
+    received (sample, modality) maps, cross-sample pairs included, and L = sum_i MSE_i / B. It is not a
+    per-sample loss at all (with B = 1 the two reductions agree). The teacher side is detached."""
+    check("features", features, CMDFeatures)
+    check("reduction", reduction, CMDReduction)
+    names = _names(student_feats, modalities)
+    _check_stages(stages, student_feats, names)
+    dim = _anyseg_dim(axis)
+    rec = received.bool()
+    b, m = rec.shape
+    if not bool(rec.any()):
+        return sum(student_feats[n][i].sum() for n in names for i in stages) * 0.0
+    counts = rec.sum(1)  # (B,) n_b
+    total = 0.0
+    with _no_autocast(rec.device):
+        for i in stages:
+            s, t = _received_rows(student_feats, teacher_feats, rec, i, names)  # (P, C, h, w)
+            s, t = _cmd_transform(s, t, features, dim)
+            s, t = s.flatten(2), t.flatten(2)  # (P, C, L)
+            if reduction == "public":
+                pairs = torch.ones(s.shape[0], s.shape[0], dtype=torch.bool, device=s.device)
+            else:  # pairs within the same sample only
+                owner = rec.nonzero()[:, 0]
+                pairs = owner[:, None] == owner[None, :]
+            eye = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
+            rs = torch.where(eye, 1.0, _channel_cosine(s, s, eps))
+            rt = torch.where(eye, 1.0, _channel_cosine(t, t, eps))
+            sq = (rs - rt).square() * pairs
+            if reduction == "public":
+                total = total + sq.sum() / pairs.sum()
+            else:  # per sample: mean over its n_b^2 entries; then the mean over samples
+                owner = rec.nonzero()[:, 0]
+                per_sample = torch.zeros(b, dtype=sq.dtype, device=sq.device).index_add(0, owner, sq.sum(1))
+                total = total + (per_sample / counts.clamp(min=1).square()).sum()
+    return total / b

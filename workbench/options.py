@@ -30,6 +30,10 @@ Prototypes = Literal["masked", "public"]  # absent classes masked out, or the pu
 IFVModalities = Literal["primary", "all", "cross"]
 IFVDivergence = Literal["kl_spatial", "kl_width", "mse"]
 AsmStage = Literal["last", "all"]
+# comparators (AnySeg's UMD / CMD, docs/METHOD.md)
+AnySegAxis = Literal["height", "channel", "width"]  # the softmax axis of a (C, h, w) map; public code: height
+CMDFeatures = Literal["softmax", "public", "raw"]
+CMDReduction = Literal["sample", "public"]
 # evaluation
 Convention = Literal["deliver", "present"]  # mIoU: absent classes count 0 over all K, or nan-mean
 Which = Literal["model", "teacher"]  # a run's trained model, or the teacher stored with a distillation run

@@ -1,7 +1,11 @@
-"""Models: timm encoders per modality, fusion, SegFormer head (docs/METHOD.md, "Architecture")."""
+"""Models: timm encoders per modality, fusion, SegFormer head (docs/METHOD.md, "Architecture"), and the
+comparators of the paper's main table (CMNeXt, MAGIC)."""
 
 from workbench.models.build import build_model, load_model
+from workbench.models.cmnext import CMNeXt
 from workbench.models.encoders import build_encoder, encoder_names
+from workbench.models.magic import MAGIC, MagicOutput
 from workbench.models.segmentor import PROTOCOLS, Segmentor, SegOutput
 
-__all__ = ["build_encoder", "encoder_names", "build_model", "load_model", "Segmentor", "SegOutput", "PROTOCOLS"]
+__all__ = ["build_encoder", "encoder_names", "build_model", "load_model", "Segmentor", "SegOutput", "PROTOCOLS",
+           "CMNeXt", "MAGIC", "MagicOutput"]
