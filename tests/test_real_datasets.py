@@ -347,8 +347,10 @@ def test_build_dataset_default_transform(deliver_root):
     ds = build_dataset("deliver", "train", root=deliver_root, size=32, aug_seed=3)
     batch = ds[0]
     assert all(batch[m].shape == (3, 32, 32) for m in ds.modalities) and batch["label"].shape == (32, 32)
-    val = build_dataset("deliver", "val", root=deliver_root, eval_size=8)
+    val = build_dataset("deliver", "val", root=deliver_root, eval_size=8, pipeline="workbench")
     assert val[0]["label"].shape == (8, 10)
+    # the default is the reference pipeline: short side 8 (8 x 10), then each side up to a multiple of 32
+    assert build_dataset("deliver", "val", root=deliver_root, eval_size=8)[0]["label"].shape == (32, 32)
 
 
 @pytest.mark.parametrize("name", ["deliver", "muses", "mcubes"])
