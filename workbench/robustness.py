@@ -34,8 +34,10 @@ Speed (the one-pass engine, `workbench.evaluate.predict_combinations`): a set's 
 the clean one only in the encodings of the corrupted modalities, and with `mean` fusion the head's affine
 part commutes with the average. Per batch the clean inputs are encoded once, each corrupted copy once,
 and every set is formed from those encodings (RMM with shared draws: M + M |rates| encoder passes per
-batch against 15 M |rates| for the benchmark's loop). `one_pass=False` runs the benchmark's loop (one full
-forward per setting, settings outer, batches inner) with the same draws: the confusion matrices are equal.
+batch against 15 M |rates| for the benchmark's loop). NM corrupts every modality, so each level needs its
+own forward; the single pass over the loader only saves reloading the data per level (and, with `noisy`
+restricted, re-encoding the clean modalities). `one_pass=False` runs the benchmark's loop (one full forward
+per setting, settings outer, batches inner) with the same draws: the confusion matrices are equal.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from workbench.evaluate import (
@@ -405,7 +408,6 @@ def evaluate_nm(model, loader, levels: Sequence[str] = tuple(NM_LEVELS), seed: i
     if not noisy:
         raise ValueError(f"no modality to add noise to: noisy must name some of {', '.join(mods)}")
     acc = ConfusionAccumulator(k, [(lv,) for lv in levels])
-    zero_cache = _ZeroCache(model)
 
     def corrupt(inputs, level, bi):
         g = nm_generator(seed, level, bi, inputs[mods[0]].device)
@@ -419,8 +421,7 @@ def evaluate_nm(model, loader, levels: Sequence[str] = tuple(NM_LEVELS), seed: i
                 clean = encode(model, inputs, [m for m in mods if m not in noisy])
                 for lv in levels:
                     x = corrupt(inputs, lv, bi)
-                    feats = clean | encode(model, x, noisy)
-                    _, _, logits = next(predict_combinations(model, x, ("drop",), [mods], zero_cache, feats=feats))
+                    logits = _full_forward(model, clean | encode(model, x, noisy), labels.shape[-2:])
                     acc.add([(lv,)], logits, labels, batch["meta"])
         else:  # the benchmark's loop: levels outer, batches inner, one full forward each
             for lv in levels:
@@ -434,6 +435,13 @@ def evaluate_nm(model, loader, levels: Sequence[str] = tuple(NM_LEVELS), seed: i
         acc.reduce(reduce_fn)
     classes = tuple(classes or (str(i) for i in range(k)))
     return NMResults(mods, classes, levels, {lv: acc.cms[(lv,)] for lv in levels}, convention, seed, kinds, noisy)
+
+
+def _full_forward(model, feats: dict, size: tuple[int, int]) -> torch.Tensor:
+    """The model's full-modality forward from given stage features: fuse, head, logits to the input `size`."""
+    f0 = feats[model.modalities[0]][0]
+    weights = torch.ones(f0.shape[0], len(model.modalities), device=f0.device)
+    return F.interpolate(model.head(model.fuse(feats, weights)), size=size, mode="bilinear", align_corners=False)
 
 
 PROTOCOLS = ("rmm", "nm")
