@@ -321,3 +321,31 @@ def test_build_transform_names_and_defaults(tmp_path):
     x = sample(16, 20)
     wb = build_transform("deliver", "val", None, pipeline="workbench", eval_size=8)(x, torch.Generator())
     assert wb["label"].shape == (8, 10)
+
+
+@pytest.mark.parametrize("name", ["deliver", "muses", "mcubes"])
+def test_reference_pipelines_feed_every_evaluation(tmp_path, name):
+    """Replica trees through the reference evaluation pipelines into EMM, the per-case breakdown, RMM and NM."""
+    from test_real_datasets import make_deliver, make_mcubes, make_muses
+    from torch.utils.data import DataLoader
+
+    from workbench.data import Collate
+    from workbench.evaluate import evaluate_combinations
+    from workbench.models import Segmentor
+    from workbench.robustness import evaluate_nm, evaluate_rmm
+
+    root = {"deliver": make_deliver, "muses": make_muses, "mcubes": make_mcubes}[name](tmp_path / name)
+    ds = build_dataset(name, "val", root=root, eval_size=32)
+    loader = list(DataLoader(ds, batch_size=2, collate_fn=Collate(ds.modalities)))
+    pixels = sum(int((b["label"] != 255).sum()) for b in loader)
+    torch.manual_seed(0)
+    model = Segmentor(ds.modalities, ds.num_classes, head_dim=16)
+    res = evaluate_combinations(model, loader, progress=False, conditions=ds.conditions or None,
+                                cases=ds.cases or None)
+    assert all(int(cm.sum()) == pixels for cm in res.cms.values())
+    assert sum(int(res.case_cms[("zero", ds.modalities, c)].sum()) for c in res.per_case("zero")) == pixels
+    rmm = evaluate_rmm(model, loader, rates=(0.5,), progress=False)
+    nm = evaluate_nm(model, loader, levels=("high",), progress=False)
+    assert len(rmm.cms) == 2 ** len(ds.modalities) - 1 and int(nm.cms["high"].sum()) == pixels
+    if name == "deliver":
+        assert "lidarjitter" in res.format_breakdown("drop", by="case")
