@@ -16,9 +16,10 @@
   matrices are identical; `python -m workbench bench combos` measures both).
 - `CombinationResults`: tables, EMM, failure-weighted expectations (each modality missing
   independently with probability p; weight of subset S = p^(M-|S|) (1-p)^|S|, empty set excluded,
-  renormalized), per-condition breakdown, and per-modality Shapley values of mIoU over the lattice
-  (with v(empty set) = 0, so the values add up to the full-modality mIoU). Breakdowns per condition
-  and per sensor-failure case (the batch `meta`'s "condition" and "case"), from the same pass.
+  renormalized), per-modality Shapley values of mIoU over the lattice (with v(empty set) = 0, so the
+  values add up to the full-modality mIoU), and breakdowns per condition and per sensor-failure case
+  (the batch `meta`'s "condition" and "case") from the same pass (`ConfusionAccumulator`, which the
+  RMM / NM protocols of `workbench.robustness` share).
 - `TTA`: optional multi-scale + horizontal-flip test-time augmentation, the convention of DeLiVER's
   `tools/val_mm.py` (`evaluate_msf`): each scale s resizes the input to ceil(int(s H) / 32) * 32 by
   ceil(int(s W) / 32) * 32 (bilinear, align_corners=True), the logits of it and of its mirror image
