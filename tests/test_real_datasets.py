@@ -144,6 +144,23 @@ def test_deliver_case_filter(deliver_root):
         build("deliver", deliver_root, "train", case="fog")
 
 
+def test_deliver_case_filter_matches_path_components_not_substrings(tmp_path):
+    """The reference keeps paths that contain the case as a substring: "rain" keeps every train file.
+    Conditions match the condition folder, failure cases a token of the scene folder."""
+    scenes = DELIVER_SCENES + (("rain", "train", "MAP_6_point4", 1), ("sun", "train", "MAP_7_point2_eventlowres", 1))
+    root = make_deliver(tmp_path / "DELIVER", scenes=scenes)
+    train = build("deliver", root, "train")
+    assert len(train) == 5 and all("train" in r.meta["file"] for r in train.records)
+    assert [s["meta"]["file"] for s in build("deliver", root, "train", case="rain")] == [
+        "rain/train/MAP_6_point4/000400"]  # not the 4 other train files
+    assert [s["meta"]["condition"] for s in build("deliver", root, "test", case="rain")] == ["rain"]
+    low = build("deliver", root, "train", case="eventlowres")
+    assert len(low) == 1 and low[0]["meta"]["case"] == "eventlowres" and low[0]["meta"]["condition"] == "sun"
+    assert len(build("deliver", root, "train", case="sun")) == 1
+    with pytest.raises(ValueError, match="case 'fog' matches none of the 5 train images"):
+        build("deliver", root, "train", case="fog")
+
+
 def test_deliver_missing_folder_fails_at_build(deliver_root):
     for f in (deliver_root / "event").rglob("*.png"):
         f.unlink()
@@ -336,8 +353,10 @@ def test_build_dataset_default_transform(deliver_root):
     ds = build_dataset("deliver", "train", root=deliver_root, size=32, aug_seed=3)
     batch = ds[0]
     assert all(batch[m].shape == (3, 32, 32) for m in ds.modalities) and batch["label"].shape == (32, 32)
-    val = build_dataset("deliver", "val", root=deliver_root, eval_size=8)
+    val = build_dataset("deliver", "val", root=deliver_root, eval_size=8, pipeline="workbench")
     assert val[0]["label"].shape == (8, 10)
+    # the default is the reference pipeline: short side 8 (8 x 10), then each side up to a multiple of 32
+    assert build_dataset("deliver", "val", root=deliver_root, eval_size=8)[0]["label"].shape == (32, 32)
 
 
 @pytest.mark.parametrize("name", ["deliver", "muses", "mcubes"])

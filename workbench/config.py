@@ -34,6 +34,7 @@ from workbench.options import (
     IFVModalities,
     KDReduction,
     Pairing,
+    Pipeline,
     Protocol,
     ProtoDivergence,
     SegLoss,
@@ -78,13 +79,14 @@ class DataConfig(_Checked):
     root: str | None = None  # real datasets only
     modalities: tuple[str, ...] = ()  # empty: the dataset's own set (DeLiVER/synthetic: rgb,depth,event,lidar)
     size: int = 64  # training crop (and synthetic render) side in pixels
-    eval_size: int | None = None  # short side at evaluation; None = same as `size`
+    eval_size: int | None = None  # short side at evaluation; None: as stored (workbench), 1024 (reference)
     train_samples: int = 512  # synthetic only: samples per split
     val_samples: int = 128
     test_samples: int = 256
     batch_size: int = 8
     num_workers: int = 0  # 0 keeps CPU runs deterministic and light
     augment: bool = True
+    pipeline: Pipeline | None = None  # transforms: None = the dataset's default (reference; synthetic: workbench)
     depth_source: DepthSource = "hha"  # DeLiVER: hha (reference loader) or depth (raw folder)
     case: str | None = None  # DeLiVER/MUSES filter: a condition or sensor-failure case (MCubeS has none)
     synthetic_seed: int = 0  # the synthetic world's seed, independent of the training seed
@@ -215,6 +217,10 @@ class Config(_Checked):
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
+        data = d.get("data") if isinstance(d, dict) else None
+        if isinstance(data, dict) and "pipeline" not in data and data.get("dataset", "synthetic") != "synthetic":
+            # a real-data config written before named pipelines existed was trained with today's "workbench" ones
+            d = {**d, "data": {**data, "pipeline": "workbench"}}
         return _from_dict(cls, d, "")
 
     def teacher_config(self) -> Config:
@@ -234,6 +240,8 @@ class Config(_Checked):
             from workbench.data.synthetic import VERSION
 
             d["data"]["synthetic_version"] = VERSION
+            if self.data.pipeline is None:  # the synthetic data has one pipeline: naming it changes nothing
+                d["data"].pop("pipeline")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

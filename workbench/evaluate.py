@@ -3,6 +3,10 @@
 - `confusion_matrix` / `iou_per_class` / `miou`: mIoU from one confusion matrix over the split, under
   two named conventions: `deliver` (a class with no union counts 0 and stays in the mean over all
   K, as the DeLiVER code does) and `present` (nan-mean over classes with a union).
+- `acc_per_class` / `macc` and `f1_per_class` / `mf1`: the other two metrics of DeLiVER's
+  `semseg/metrics.py` (which the robustness benchmark reports beside mIoU), from the same confusion
+  matrix with the same two conventions: per-class accuracy TP / (TP + FN) is undefined for a class
+  without ground-truth pixels, F1 = 2 TP / (2 TP + FP + FN) for a class never present nor predicted.
 - `evaluate_combinations`: every non-empty modality subset (2^M - 1) under `zero` and `drop`, in one
   pass: each encoder runs once per batch; `drop` combinations fuse those features, `zero`
   combinations substitute the cached encoding of an all-zero input (encoders in eval mode give the
@@ -12,8 +16,16 @@
   matrices are identical; `python -m workbench bench combos` measures both).
 - `CombinationResults`: tables, EMM, failure-weighted expectations (each modality missing
   independently with probability p; weight of subset S = p^(M-|S|) (1-p)^|S|, empty set excluded,
-  renormalized), per-condition breakdown, and per-modality Shapley values of mIoU over the lattice
-  (with v(empty set) = 0, so the values add up to the full-modality mIoU).
+  renormalized), per-modality Shapley values of mIoU over the lattice (with v(empty set) = 0, so the
+  values add up to the full-modality mIoU), and breakdowns per condition and per sensor-failure case
+  (the batch `meta`'s "condition" and "case") from the same pass (`ConfusionAccumulator`, which the
+  RMM / NM protocols of `workbench.robustness` share).
+- `TTA`: optional multi-scale + horizontal-flip test-time augmentation, the convention of DeLiVER's
+  `tools/val_mm.py` (`evaluate_msf`): each scale s resizes the input to ceil(int(s H) / 32) * 32 by
+  ceil(int(s W) / 32) * 32 (bilinear, align_corners=True), the logits of it and of its mirror image
+  (flipped back) are resized to H x W (bilinear, align_corners=True), and their softmax probabilities
+  are summed; the prediction is the argmax of the sum. Through the one-pass engine each view is
+  encoded once and serves every combination.
 """
 
 from __future__ import annotations
@@ -29,10 +41,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from workbench.data.transforms import IGNORE_INDEX
-from workbench.options import Convention, check, choices
+from workbench.errors import ConfigError, DataError
+from workbench.options import Convention, Metric, check, choices
 from workbench.tables import write_csv
 
 CONVENTIONS = choices(Convention)
+METRICS = choices(Metric)
 SHORT = {"rgb": "R", "depth": "D", "event": "E", "lidar": "L", "image": "I", "aolp": "A", "dolp": "P", "nir": "N",
          "frame_camera": "F", "event_camera": "E", "radar": "Ra"}
 
@@ -57,14 +71,52 @@ def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
 
 
+def acc_per_class(cm: torch.Tensor) -> torch.Tensor:
+    """Per-class accuracy (recall) TP / (TP + FN) in [0, 1]; nan where a class has no ground-truth pixel."""
+    cm = cm.double()
+    total = cm.sum(1)
+    return torch.where(total > 0, cm.diag() / total.clamp(min=1), torch.full_like(total, float("nan")))
+
+
+def f1_per_class(cm: torch.Tensor) -> torch.Tensor:
+    """Per-class F1 = 2 TP / (2 TP + FP + FN) in [0, 1]; nan where a class is never present nor predicted."""
+    cm = cm.double()
+    denom = cm.sum(0) + cm.sum(1)
+    return torch.where(denom > 0, 2 * cm.diag() / denom.clamp(min=1), torch.full_like(denom, float("nan")))
+
+
+PER_CLASS = {"miou": iou_per_class, "macc": acc_per_class, "mf1": f1_per_class}
+
+
+def class_mean(values: torch.Tensor, convention: str = "deliver") -> float:
+    """Mean of per-class values in percent: `deliver` counts undefined (nan) classes as 0 over all K (as
+    DeLiVER's `semseg/metrics.py`), `present` averages the defined ones."""
+    check("convention", convention, Convention)
+    if convention == "deliver":
+        return float(torch.nan_to_num(values, nan=0.0).mean() * 100)
+    valid = ~values.isnan()
+    return float(values[valid].mean() * 100) if valid.any() else float("nan")
+
+
+def score(cm: torch.Tensor, metric: str = "miou", convention: str = "deliver") -> float:
+    """`miou`, `macc` or `mf1` of a confusion matrix, in percent, under `convention`."""
+    check("metric", metric, Metric)
+    return class_mean(PER_CLASS[metric](cm), convention)
+
+
 def miou(cm: torch.Tensor, convention: str = "deliver") -> float:
     """Mean IoU in percent. `deliver`: classes without union count 0 over all K; `present`: nan-mean."""
-    check("convention", convention, Convention)
-    iou = iou_per_class(cm)
-    if convention == "deliver":
-        return float(torch.nan_to_num(iou, nan=0.0).mean() * 100)
-    valid = ~iou.isnan()
-    return float(iou[valid].mean() * 100) if valid.any() else float("nan")
+    return score(cm, "miou", convention)
+
+
+def macc(cm: torch.Tensor, convention: str = "deliver") -> float:
+    """Mean class accuracy in percent (`deliver`: classes without ground truth count 0; `present`: nan-mean)."""
+    return score(cm, "macc", convention)
+
+
+def mf1(cm: torch.Tensor, convention: str = "deliver") -> float:
+    """Mean F1 in percent (`deliver`: classes never present nor predicted count 0; `present`: nan-mean)."""
+    return score(cm, "mf1", convention)
 
 
 def combinations(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -91,6 +143,7 @@ class CombinationResults:
     cms: dict[tuple[str, tuple[str, ...]], torch.Tensor]  # (protocol, combo) -> (K, K)
     condition_cms: dict[tuple[str, tuple[str, ...], str], torch.Tensor] = field(default_factory=dict)
     convention: str = "deliver"
+    case_cms: dict[tuple[str, tuple[str, ...], str], torch.Tensor] = field(default_factory=dict)  # per failure case
 
     @property
     def protocols(self) -> list[str]:
@@ -100,17 +153,21 @@ class CombinationResults:
     def combos(self) -> list[tuple[str, ...]]:
         return [c for c in combinations(self.modalities) if any((p, c) in self.cms for p in self.protocols)]
 
+    def score(self, protocol: str, combo: tuple[str, ...], metric: str = "miou") -> float:
+        """`miou`, `macc` or `mf1` (percent) of one combination."""
+        return score(self.cms[(protocol, tuple(combo))], metric, self.convention)
+
     def miou(self, protocol: str, combo: tuple[str, ...]) -> float:
-        return miou(self.cms[(protocol, tuple(combo))], self.convention)
+        return self.score(protocol, combo)
 
-    def full(self, protocol: str) -> float:
-        return self.miou(protocol, self.modalities)
+    def full(self, protocol: str, metric: str = "miou") -> float:
+        return self.score(protocol, self.modalities, metric)
 
-    def emm(self, protocol: str) -> float:
-        return sum(self.miou(protocol, c) for c in self.combos) / len(self.combos)
+    def emm(self, protocol: str, metric: str = "miou") -> float:
+        return sum(self.score(protocol, c, metric) for c in self.combos) / len(self.combos)
 
-    def expected(self, protocol: str, p: float) -> float:
-        return sum(w * self.miou(protocol, c) for c, w in failure_weights(self.modalities, p).items())
+    def expected(self, protocol: str, p: float, metric: str = "miou") -> float:
+        return sum(w * self.score(protocol, c, metric) for c, w in failure_weights(self.modalities, p).items())
 
     def worst(self, protocol: str) -> tuple[tuple[str, ...], float]:
         return min(((c, self.miou(protocol, c)) for c in self.combos), key=lambda t: t[1])
@@ -130,15 +187,25 @@ class CombinationResults:
                 for k in range(m) for s in itertools.combinations(rest, k))
         return out
 
-    def per_condition(self, protocol: str, combo: tuple[str, ...] | None = None) -> dict[str, float]:
+    def _breakdown(self, table: dict, protocol: str, combo, metric: str) -> dict[str, float]:
         combo = tuple(combo or self.modalities)
-        return {cond: miou(cm, self.convention) for (p, c, cond), cm in sorted(self.condition_cms.items())
+        return {group: score(cm, metric, self.convention) for (p, c, group), cm in sorted(table.items())
                 if p == protocol and c == combo}
+
+    def per_condition(self, protocol: str, combo: tuple[str, ...] | None = None, metric: str = "miou") -> dict[str, float]:
+        return self._breakdown(self.condition_cms, protocol, combo, metric)
+
+    def per_case(self, protocol: str, combo: tuple[str, ...] | None = None, metric: str = "miou") -> dict[str, float]:
+        """Per sensor-failure case (DeLiVER: motionblur, overexposure, underexposure, lidarjitter, eventlowres;
+        "none" for samples without one)."""
+        return self._breakdown(self.case_cms, protocol, combo, metric)
 
     def summary(self, protocol: str) -> dict:
         worst_c, worst_v = self.worst(protocol)
         return {
             "protocol": protocol, "full": self.full(protocol), "emm": self.emm(protocol),
+            "full_macc": self.full(protocol, "macc"), "full_mf1": self.full(protocol, "mf1"),
+            "emm_macc": self.emm(protocol, "macc"), "emm_mf1": self.emm(protocol, "mf1"),
             "worst_combo": combo_name(worst_c), "worst": worst_v,
             **{f"expected_p{p}": self.expected(protocol, p) for p in (0.2, 0.1, 0.05)},
             "shapley": self.shapley(protocol),
@@ -150,19 +217,37 @@ class CombinationResults:
             for c in self.combos:
                 iou = iou_per_class(self.cms[(p, c)])
                 out.append({"protocol": p, "combo": combo_name(c), "modalities": "+".join(c), "miou": self.miou(p, c),
+                            "macc": self.score(p, c, "macc"), "mf1": self.score(p, c, "mf1"),
                             **{f"iou/{k}": float(v * 100) for k, v in zip(self.classes, iou)}})
         return out
 
-    def format_table(self) -> str:
-        lines = [f"{'combo':<8}" + "".join(f"{p:>9}" for p in self.protocols)]
+    def format_table(self, metric: str = "miou") -> str:
+        lines = [f"{'combo':<8}" + "".join(f"{p:>9}" for p in self.protocols) + ("" if metric == "miou" else f"  ({metric})")]
         for c in self.combos:
-            lines.append(f"{combo_name(c):<8}" + "".join(f"{self.miou(p, c):9.2f}" for p in self.protocols))
-        lines.append(f"{'EMM':<8}" + "".join(f"{self.emm(p):9.2f}" for p in self.protocols))
+            lines.append(f"{combo_name(c):<8}" + "".join(f"{self.score(p, c, metric):9.2f}" for p in self.protocols))
+        lines.append(f"{'EMM':<8}" + "".join(f"{self.emm(p, metric):9.2f}" for p in self.protocols))
         for q in (0.2, 0.1, 0.05):
-            lines.append(f"{'E[p=' + str(q) + ']':<8}" + "".join(f"{self.expected(p, q):9.2f}" for p in self.protocols))
-        for p in self.protocols:
-            sh = ", ".join(f"{combo_name((m,))}={v:.2f}" for m, v in self.shapley(p).items())
-            lines.append(f"Shapley ({p}): {sh}")
+            lines.append(f"{'E[p=' + str(q) + ']':<8}"
+                         + "".join(f"{self.expected(p, q, metric):9.2f}" for p in self.protocols))
+        if metric == "miou":
+            for p in self.protocols:
+                sh = ", ".join(f"{combo_name((m,))}={v:.2f}" for m, v in self.shapley(p).items())
+                lines.append(f"Shapley ({p}): {sh}")
+        return "\n".join(lines)
+
+    def format_breakdown(self, protocol: str, by: str = "case") -> str:
+        """One row per case (or condition): full-modality mIoU / mAcc / mF1, the mean mIoU over the
+        combinations (EMM restricted to that group) and its labelled pixel count."""
+        if by not in ("case", "condition"):
+            raise ConfigError(f"by={by!r} is not valid; choose 'case' or 'condition'")
+        table = self.case_cms if by == "case" else self.condition_cms
+        groups = sorted({g for (p, c, g), cm in table.items() if p == protocol and c == self.modalities and cm.sum()})
+        lines = [f"{by + ' (' + protocol + ')':<22}{'mIoU':>8}{'mAcc':>8}{'mF1':>8}{'EMM':>8}{'pixels':>12}"]
+        for g in groups:
+            full = table[(protocol, self.modalities, g)]
+            emm = sum(score(table[(protocol, c, g)], "miou", self.convention) for c in self.combos) / len(self.combos)
+            lines.append(f"{g:<22}" + "".join(f"{score(full, m, self.convention):8.2f}" for m in METRICS)
+                         + f"{emm:8.2f}{int(full.sum()):12d}")
         return "\n".join(lines)
 
     def save(self, out_dir: str | Path, prefix: str = "combos") -> dict[str, Path]:
@@ -172,14 +257,16 @@ class CombinationResults:
         csv_path, json_path = write_csv(out_dir / f"{prefix}.csv", rows), out_dir / f"{prefix}.json"
         payload = {"convention": self.convention, "modalities": self.modalities, "classes": self.classes,
                    "summary": {p: self.summary(p) for p in self.protocols}, "rows": rows,
-                   "per_condition": {p: self.per_condition(p) for p in self.protocols}}
+                   "per_condition": {p: self.per_condition(p) for p in self.protocols},
+                   "per_case": {p: self.per_case(p) for p in self.protocols}}
         json_path.write_text(json.dumps(payload, indent=2))
         return {"csv": csv_path, "json": json_path}
 
     def state(self) -> dict:
         return {"modalities": self.modalities, "classes": self.classes, "convention": self.convention,
                 "cms": {f"{p}|{'+'.join(c)}": v.tolist() for (p, c), v in self.cms.items()},
-                "condition_cms": {f"{p}|{'+'.join(c)}|{d}": v.tolist() for (p, c, d), v in self.condition_cms.items()}}
+                "condition_cms": {f"{p}|{'+'.join(c)}|{d}": v.tolist() for (p, c, d), v in self.condition_cms.items()},
+                "case_cms": {f"{p}|{'+'.join(c)}|{d}": v.tolist() for (p, c, d), v in self.case_cms.items()}}
 
     @classmethod
     def from_state(cls, s: dict) -> CombinationResults:
@@ -189,7 +276,8 @@ class CombinationResults:
 
         return cls(tuple(s["modalities"]), tuple(s["classes"]),
                    {key(k): torch.tensor(v) for k, v in s["cms"].items()},
-                   {key(k): torch.tensor(v) for k, v in s["condition_cms"].items()}, s.get("convention", "deliver"))
+                   {key(k): torch.tensor(v) for k, v in s["condition_cms"].items()}, s.get("convention", "deliver"),
+                   {key(k): torch.tensor(v) for k, v in s.get("case_cms", {}).items()})
 
 
 def _to_device(batch: dict, modalities, device) -> tuple[dict, torch.Tensor]:
@@ -235,24 +323,38 @@ def _combo_weights(mods, combos, protocol, device) -> torch.Tensor:
     return mask / mask.sum(1, keepdim=True) if protocol == "drop" else torch.full_like(mask, 1 / len(mods))
 
 
+def encode(model, inputs: dict, modalities=None) -> dict[str, list[torch.Tensor]]:
+    """Stage features of each modality (default: all of the model's): one encoder pass each, which
+    `predict_combinations(feats=..., replacements=...)` reuses."""
+    return {m: list(model.encoder(m)(inputs[m])) for m in (model.modalities if modalities is None else modalities)}
+
+
 @torch.no_grad()
 def predict_combinations(model, inputs: dict, protocols=("zero", "drop"), combos=None, zero_cache=None,
-                         chunk: int = 2):
-    """Yield (protocol, combos_chunk, logits (C * B, K, H, W)) for every combination from one encoder pass."""
+                         chunk: int = 2, feats: dict | None = None, replacements: dict | None = None):
+    """Yield (protocol, combos_chunk, logits (C * B, K, H, W)) for every combination from one encoder pass.
+
+    `feats` (from `encode(model, inputs)`) skips that pass when the caller already has it. `replacements`
+    (modality -> stage features, batch-sized) stands in under `zero` for the modalities a combination
+    leaves out, instead of the encoding of an all-zero input: the RMM protocol substitutes the encoding of
+    a corrupted input there (`workbench.robustness`)."""
     mods = model.modalities
     combos = combos or combinations(mods)
     x0 = inputs[mods[0]]
     (b, (h, w)), dev = (x0.shape[0], x0.shape[-2:]), x0.device
-    feats = {m: list(model.encoder(m)(inputs[m])) for m in mods}
+    feats = feats if feats is not None else encode(model, inputs)
     zero_cache = zero_cache or _ZeroCache(model)
     linear = model.fusion.kind == "mean"
     if linear:  # project each modality once: head.project is affine, so it commutes with the average
         proj = torch.stack([model.head.project(feats[m]) for m in mods])  # (M, B, E, h4, w4)
     for protocol in protocols:
         if protocol == "zero":
-            zfeats = {m: zero_cache.features(m, inputs[m]) for m in mods}
+            zfeats = {m: replacements[m] if replacements and m in replacements else zero_cache.features(m, inputs[m])
+                      for m in mods}
             if linear:
-                zproj = torch.stack([model.head.project(zfeats[m]) for m in mods]).expand_as(proj)
+                zp = [model.head.project(zfeats[m]) for m in mods]  # (1 or B, E, h4, w4) each
+                zproj = (torch.stack(zp).expand_as(proj) if len({z.shape for z in zp}) == 1
+                         else torch.stack([z.expand_as(proj[0]) for z in zp]))
         for i in range(0, len(combos), chunk):
             part = combos[i:i + chunk]
             if linear:
@@ -278,6 +380,60 @@ def predict_combinations(model, inputs: dict, protocols=("zero", "drop"), combos
             out = F.interpolate(out.contiguous(memory_format=torch.channels_last), size=(h, w), mode="bilinear",
                                 align_corners=False)
             yield protocol, part, out
+
+
+@dataclass(frozen=True)
+class TTA:
+    """Multi-scale + flip test-time augmentation (DeLiVER `tools/val_mm.py`, `evaluate_msf`; its configs'
+    `EVAL.MSF`: scales 0.5 to 1.75 in steps of 0.25, flip on). See the module docstring."""
+
+    scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    flip: bool = True
+    multiple: int = 32  # each scaled side is rounded up to a multiple of the encoder's stride
+
+    def __post_init__(self):
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ConfigError(f"TTA scales {self.scales!r} must be a non-empty list of positive numbers")
+
+    def size(self, scale: float, h: int, w: int) -> tuple[int, int]:
+        return (math.ceil(int(scale * h) / self.multiple) * self.multiple,
+                math.ceil(int(scale * w) / self.multiple) * self.multiple)
+
+    def views(self, inputs: dict, h: int, w: int):
+        """Yield (view inputs, flipped) for every scale, then its mirror image when `flip`."""
+        for s in self.scales:
+            x = {m: F.interpolate(v, size=self.size(s, h, w), mode="bilinear", align_corners=True)
+                 for m, v in inputs.items()}
+            yield x, False
+            if self.flip:
+                yield {m: v.flip(-1) for m, v in x.items()}, True
+
+    @staticmethod
+    def probabilities(logits: torch.Tensor, flipped: bool, h: int, w: int) -> torch.Tensor:
+        """A view's logits back to the label grid, as softmax probabilities (what the views sum)."""
+        logits = logits.flip(-1) if flipped else logits
+        return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=True).softmax(1)
+
+
+@torch.no_grad()
+def predict_tta(model, inputs: dict, tta: TTA, protocols=("zero", "drop"), combos=None, zero_cache=None,
+                chunk: int = 4):
+    """`predict_combinations` under test-time augmentation: each view is encoded once (its features are
+    kept), every combination is formed from them; yields (protocol, combos_chunk, summed probabilities)."""
+    mods = model.modalities
+    combos = combos or combinations(mods)
+    h, w = inputs[mods[0]].shape[-2:]
+    zero_cache = zero_cache or _ZeroCache(model)
+    views = [(x, flipped, encode(model, x)) for x, flipped in tta.views({m: inputs[m] for m in mods}, h, w)]
+    for protocol in protocols:
+        for i in range(0, len(combos), chunk):
+            part, total = combos[i:i + chunk], None
+            for x, flipped, feats in views:
+                _, _, logits = next(predict_combinations(model, x, (protocol,), part, zero_cache, chunk=len(part),
+                                                         feats=feats))
+                p = TTA.probabilities(logits, flipped, h, w)
+                total = p if total is None else total + p
+            yield protocol, part, total
 
 
 def _window_starts(n: int, window: int, stride: int) -> list[int]:
@@ -311,71 +467,112 @@ def predict_sliding(model, inputs: dict, protocols=("zero", "drop"), combos=None
         yield protocol, combos, (acc / count).contiguous(memory_format=torch.channels_last)
 
 
+def _present(mods, combo, b, device) -> torch.Tensor:
+    return torch.tensor([[m in combo for m in mods]] * b, device=device)
+
+
 @torch.no_grad()
-def predict_naive(model, inputs: dict, protocols=("zero", "drop"), combos=None):
-    """The reference: one full forward per combination and protocol (same output format)."""
+def predict_naive(model, inputs: dict, protocols=("zero", "drop"), combos=None, tta: TTA | None = None):
+    """The reference: one full forward per combination and protocol (and per view under `tta`)."""
     mods = model.modalities
-    b = inputs[mods[0]].shape[0]
+    x0 = inputs[mods[0]]
+    b, (h, w) = x0.shape[0], x0.shape[-2:]
     for protocol in protocols:
         for combo in combos or combinations(mods):
-            present = torch.tensor([[m in combo for m in mods]] * b, device=inputs[mods[0]].device)
-            yield protocol, [combo], model(inputs, present, protocol).logits
+            present = _present(mods, combo, b, x0.device)
+            if tta is None:
+                yield protocol, [combo], model(inputs, present, protocol).logits
+                continue
+            total = None
+            for x, flipped in tta.views({m: inputs[m] for m in mods}, h, w):
+                p = TTA.probabilities(model(x, present, protocol).logits, flipped, h, w)
+                total = p if total is None else total + p
+            yield protocol, [combo], total
+
+
+class ConfusionAccumulator:
+    """Confusion matrices per key (e.g. (protocol, combo)), in total and per condition and per case, from
+    one bincount per chunk of predictions over (key, group, target, prediction)."""
+
+    def __init__(self, num_classes: int, keys, conditions=(), cases=()):
+        self.k = num_classes
+        zeros = torch.zeros(num_classes, num_classes, dtype=torch.long)
+        self.zeros = zeros
+        self.cms = {key: zeros.clone() for key in keys}
+        self.condition_cms = {(*key, d): zeros.clone() for key in keys for d in conditions}
+        self.case_cms = {(*key, c): zeros.clone() for key in keys for c in cases}
+
+    def add(self, keys: list, logits: torch.Tensor, labels: torch.Tensor, meta: list[dict]) -> None:
+        """`logits` (len(keys) * B, K, H, W) for the B samples of `labels` (B, H, W), one block per key."""
+        k, c = self.k, len(keys)
+        pred = pixel_argmax(logits).view(c, *labels.shape)  # (C, B, H, W)
+        tags = [(m.get("condition", "all"), m.get("case", "none")) for m in meta]
+        groups = sorted(set(tags))
+        gidx = torch.tensor([groups.index(t) for t in tags], device=labels.device)
+        bins = c * len(groups) * k * k
+        # ignored pixels go to one extra bin that is dropped (cheaper than boolean indexing)
+        base = torch.where(labels == IGNORE_INDEX, bins, gidx.view(-1, 1, 1) * k * k + labels * k)
+        offset = torch.arange(c, device=pred.device).view(c, 1, 1, 1) * (len(groups) * k * k)
+        key = torch.where(base == bins, bins, base + offset + pred)
+        counts = torch.bincount(key.flatten(), minlength=bins + 1)[:bins].cpu().view(c, len(groups), k, k)
+        for j, name in enumerate(keys):
+            self.cms[name] += counts[j].sum(0)
+            for gi, (cond, case) in enumerate(groups):
+                for table, group in ((self.condition_cms, cond), (self.case_cms, case)):
+                    table[(*name, group)] = table.get((*name, group), self.zeros) + counts[j, gi]
+
+    def reduce(self, reduce_fn) -> None:
+        """Sum every matrix across processes (`reduce_fn(tensor)`, DDP), in a key order all processes share."""
+        for table in (self.cms, self.condition_cms, self.case_cms):
+            for key in sorted(table):
+                table[key] = reduce_fn(table[key])
+
+
+def check_labels(labels: torch.Tensor, k: int, meta: list[dict]) -> None:
+    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= k))
+    if bad.any():
+        raise DataError(f"labels outside 0..{k - 1} (255 = ignore) in batch with {meta[0]}")
 
 
 @torch.no_grad()
 def evaluate_combinations(model, loader, protocols=("zero", "drop"), combos=None, device=None, one_pass=True,
                           convention="deliver", classes=None, progress=True, desc="eval",
                           reduce_fn=None, conditions=None, window: int | None = None,
-                          stride: int | None = None) -> CombinationResults:
+                          stride: int | None = None, tta: TTA | None = None, cases=None) -> CombinationResults:
     """Confusion matrices for every combination and protocol over a loader (model in eval mode).
 
     `reduce_fn(tensor)` sums confusion matrices across processes (DDP sharded evaluation); with it,
-    pass the dataset's `conditions` so that every process holds the same keys. `window` (and `stride`,
-    default 3/4 of it) switches to sliding-window inference for images larger than the training crop."""
+    pass the dataset's `conditions` and `cases` so that every process holds the same keys. `window`
+    (and `stride`, default 3/4 of it) switches to sliding-window inference for images larger than the
+    training crop; `tta` to multi-scale + flip test-time augmentation (not both)."""
+    if window and tta is not None:
+        raise ConfigError("sliding-window inference and test-time augmentation cannot be combined; choose one")
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
     mods, k = model.modalities, model.num_classes
     combos = [tuple(c) for c in (combos or combinations(mods))]
-    zeros = torch.zeros(k, k, dtype=torch.long)
-    cms: dict = {(p, c): zeros.clone() for p in protocols for c in combos}
-    cond_cms: dict = {(p, c, d): zeros.clone() for p in protocols for c in combos for d in (conditions or ())}
+    acc = ConfusionAccumulator(k, [(p, c) for p in protocols for c in combos], tuple(conditions or ()),
+                               (*cases, "none") if cases else ())
     zero_cache = _ZeroCache(model)
     try:
         for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
             inputs, labels = _to_device(batch, mods, device)
-            conds = [m.get("condition", "all") for m in batch["meta"]]
-            bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= k))
-            if bad.any():
-                raise ValueError(f"labels outside 0..{k - 1} (255 = ignore) in batch with {batch['meta'][0]}")
-            cond_names = sorted(set(conds))
-            cond_idx = torch.tensor([cond_names.index(c) for c in conds], device=labels.device)
+            check_labels(labels, k, batch["meta"])
             if window:
                 preds = predict_sliding(model, inputs, protocols, combos, zero_cache, window, stride or window * 3 // 4)
-            elif one_pass:
-                preds = predict_combinations(model, inputs, protocols, combos, zero_cache)
+            elif not one_pass:
+                preds = predict_naive(model, inputs, protocols, combos, tta)
+            elif tta is not None:
+                preds = predict_tta(model, inputs, tta, protocols, combos, zero_cache)
             else:
-                preds = predict_naive(model, inputs, protocols, combos)
+                preds = predict_combinations(model, inputs, protocols, combos, zero_cache)
             for protocol, part, logits in preds:
-                # one bincount per chunk over (combo, condition, target, prediction)
-                c = len(part)
-                pred = pixel_argmax(logits).view(c, *labels.shape)  # (C, B, H, W)
-                bins = c * len(cond_names) * k * k
-                # ignored pixels go to one extra bin that is dropped (cheaper than boolean indexing)
-                base = torch.where(labels == IGNORE_INDEX, bins, cond_idx.view(-1, 1, 1) * k * k + labels * k)
-                offset = torch.arange(c, device=pred.device).view(c, 1, 1, 1) * (len(cond_names) * k * k)
-                key = torch.where(base == bins, bins, base + offset + pred)
-                counts = torch.bincount(key.flatten(), minlength=bins + 1)[:bins].cpu()
-                counts = counts.view(c, len(cond_names), k, k)
-                for j, combo in enumerate(part):
-                    cms[(protocol, combo)] += counts[j].sum(0)
-                    for ci, cond in enumerate(cond_names):
-                        ck = (protocol, combo, cond)
-                        cond_cms[ck] = cond_cms.get(ck, zeros) + counts[j, ci]
+                acc.add([(protocol, c) for c in part], logits, labels, batch["meta"])
     finally:
         model.train(was_training)
     if reduce_fn is not None:
-        cms = {key: reduce_fn(v) for key, v in sorted(cms.items())}
-        cond_cms = {key: reduce_fn(v) for key, v in sorted(cond_cms.items())}
+        acc.reduce(reduce_fn)
     classes = tuple(classes or (str(i) for i in range(k)))
-    return CombinationResults(mods, classes, cms, cond_cms, convention)
+    return CombinationResults(mods, classes, acc.cms, acc.condition_cms, convention, acc.case_cms)
+

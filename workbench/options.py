@@ -15,6 +15,7 @@ from workbench.errors import ConfigError
 DatasetName = Literal["synthetic", "deliver", "muses", "mcubes"]
 DepthSource = Literal["hha", "depth"]  # DeLiVER: 3-channel HHA (reference loader) or the raw depth/ folder
 Split = Literal["train", "val", "test"]
+Pipeline = Literal["reference", "workbench"]  # the reference loader's transforms, or the workbench's own
 # model
 Fusion = Literal["mean", "softmax"]  # parameter-free mean (public code) or learned per-pixel softmax weights
 Protocol = Literal["drop", "zero"]  # an absent modality is not encoded / is zeroed and encoded
@@ -36,6 +37,8 @@ CMDFeatures = Literal["softmax", "public", "raw"]
 CMDReduction = Literal["sample", "public"]
 # evaluation
 Convention = Literal["deliver", "present"]  # mIoU: absent classes count 0 over all K, or nan-mean
+Metric = Literal["miou", "macc", "mf1"]
+RobustnessProtocol = Literal["rmm", "nm"]  # random-missing modality / noisy modality (workbench.robustness)
 Which = Literal["model", "teacher"]  # a run's trained model, or the teacher stored with a distillation run
 
 

@@ -14,6 +14,7 @@ any run folder or checkpoint (e.g. one trained with `train --out`). The training
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -29,9 +30,9 @@ from workbench.checkpoint import atomic_write_text, load_checkpoint
 from workbench.config import Config, apply_overrides, preset
 from workbench.data import Collate, dataset_from_config
 from workbench.errors import MissingFile
-from workbench.evaluate import CombinationResults, evaluate_combinations
+from workbench.evaluate import TTA, CombinationResults, evaluate_combinations
 from workbench.models import load_model
-from workbench.options import Which
+from workbench.options import RobustnessProtocol, Which, check
 from workbench.paths import runs_dir
 from workbench.records import Records, read_records
 from workbench.train import resolve_device, train
@@ -158,49 +159,91 @@ class Run:
     def metrics(self) -> Records:
         return read_records(self.dir)
 
-    def dataset(self, split: str = "test", augment: bool = False):
-        """A split of the run's dataset (evaluation transform unless `augment`)."""
-        return dataset_from_config(self.config.data, split, augment=augment)
+    def dataset(self, split: str = "test", augment: bool = False, data: dict | None = None):
+        """A split of the run's dataset (evaluation transform unless `augment`); `data` overrides
+        `DataConfig` fields for this dataset only, e.g. {"case": "fog"}."""
+        cfg = apply_overrides(self.config, {f"data.{k}": v for k, v in (data or {}).items()})
+        return dataset_from_config(cfg.data, split, augment=augment)
 
-    def loader(self, split: str = "test", batch_size: int | None = None, num_samples: int | None = None):
+    def loader(self, split: str = "test", batch_size: int | None = None, num_samples: int | None = None,
+               data: dict | None = None):
         """Batches of a split (in order), optionally only its first `num_samples` samples."""
-        ds = self.dataset(split)
+        ds = self.dataset(split, data=data)
+        mods = ds.modalities
         if num_samples is not None:
             ds = torch.utils.data.Subset(ds, range(min(num_samples, len(ds))))
-        mods = ds.dataset.modalities if isinstance(ds, torch.utils.data.Subset) else ds.modalities
         return torch.utils.data.DataLoader(ds, batch_size=batch_size or self.config.data.batch_size,
                                            collate_fn=Collate(mods), num_workers=self.config.data.num_workers)
 
-    def evaluation(self, split: str = "test", which: Which = "model", protocols=("zero", "drop"),
-                   convention: str = "deliver", device: str = "auto", batch_size: int | None = None,
-                   window: int | None = None, one_pass: bool = True, progress: bool = False) -> CombinationResults:
-        """Every modality combination under `protocols` on `split`: computed once, then read from
-        `eval/` beside the checkpoint (the cache entry names the checkpoint it was computed from, so a
-        retrained run is evaluated again; a corrupt entry is reported and recomputed)."""
+    def _cached(self, kind: str, key: dict, compute, load):
+        """A result computed once from this run's checkpoint, then read from `eval/` beside it. The entry
+        names the checkpoint it was computed from, so a retrained run is evaluated again; an unreadable
+        entry is reported and computed again; entries are written atomically."""
         self._require()
-        key = {"split": split, "which": which, "protocols": list(protocols), "window": window}
         stat = self.checkpoint.stat()
         source = {"checkpoint": self.checkpoint.name, "mtime_ns": stat.st_mtime_ns, "size": stat.st_size}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-        path = self.dir / "eval" / f"{split}-{which}-{digest}.json"
+        path = self.dir / "eval" / f"{kind}-{key['split']}-{key['which']}-{digest}.json"
         if path.exists():
             try:
                 entry = json.loads(path.read_text())
                 if entry["key"] == key and entry["source"] == source:
-                    res = CombinationResults.from_state(entry["results"])
-                    res.convention = convention
-                    return res
+                    return load(entry["results"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 log.warning("evaluation cache %s is unreadable (%s); computing it again", path, e)
-        model = self.model(which, device)
-        ds = self.dataset(split)
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size or self.config.data.batch_size,
-                                             collate_fn=Collate(ds.modalities), num_workers=self.config.data.num_workers)
-        res = evaluate_combinations(model, loader, protocols=tuple(protocols), one_pass=one_pass, convention=convention,
-                                    classes=ds.classes, progress=progress, desc=f"{self.config.name}/{which} {split}",
-                                    conditions=ds.conditions or None, window=window)
+        res = compute()
         atomic_write_text(path, json.dumps({"key": key, "source": source, "results": res.state()}))
         return res
+
+    def evaluation(self, split: str = "test", which: Which = "model", protocols=("zero", "drop"),
+                   convention: str = "deliver", device: str = "auto", batch_size: int | None = None,
+                   window: int | None = None, tta: TTA | None = None, one_pass: bool = True,
+                   data: dict | None = None, progress: bool = False) -> CombinationResults:
+        """Every modality combination under `protocols` on `split` (docs/METHOD.md, "Evaluation"), with the
+        per-condition and per-case breakdowns; computed once and cached (see `_cached`). `tta`: multi-scale
+        + flip test-time augmentation; `window`: sliding-window inference; `data`: e.g. {"case": "fog"}."""
+        key = {"split": split, "which": which, "protocols": list(protocols), "window": window,
+               "tta": dataclasses.asdict(tta) if tta else None, "data": data or {}}
+
+        def compute() -> CombinationResults:
+            ds = self.dataset(split, data=data)
+            return evaluate_combinations(self.model(which, device), self.loader(split, batch_size, data=data),
+                                         protocols=tuple(protocols), one_pass=one_pass, convention=convention,
+                                         classes=ds.classes, progress=progress,
+                                         desc=f"{self.config.name}/{which} {split}", conditions=ds.conditions or None,
+                                         cases=ds.cases or None, window=window, tta=tta)
+
+        def load(state: dict) -> CombinationResults:
+            res = CombinationResults.from_state(state)
+            res.convention = convention
+            return res
+
+        return self._cached("combos", key, compute, load)
+
+    def robustness(self, protocol: str, split: str = "test", which: Which = "model", seed: int = 0,
+                   convention: str = "deliver", device: str = "auto", batch_size: int | None = None,
+                   data: dict | None = None, progress: bool = False, **options):
+        """The robustness benchmark's RMM (`rates=`, `draws=`) or NM (`levels=`, `kinds=`) protocol on
+        `split` (`workbench.robustness`), deterministic from `seed`; computed once and cached."""
+        from workbench import robustness as R
+
+        check("protocol", protocol, RobustnessProtocol)
+        key = {"protocol": protocol, "split": split, "which": which, "seed": seed, "data": data or {},
+               "options": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(options.items())}}
+
+        def compute():
+            ds = self.dataset(split, data=data)
+            fn = R.evaluate_rmm if protocol == "rmm" else R.evaluate_nm
+            return fn(self.model(which, device), self.loader(split, batch_size, data=data), seed=seed,
+                      convention=convention, classes=ds.classes, progress=progress,
+                      desc=f"{self.config.name}/{which} {split} {protocol}", **options)
+
+        def load(state: dict):
+            res = (R.RMMResults if protocol == "rmm" else R.NMResults).from_state(state)
+            res.convention = convention
+            return res
+
+        return self._cached(protocol, key, compute, load)
 
     def state(self) -> dict:
         """The checkpoint's contents (config, weights, history, ...)."""

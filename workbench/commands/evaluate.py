@@ -1,4 +1,10 @@
-"""`python -m workbench evaluate CHECKPOINT`: every modality combination of a trained model."""
+"""`python -m workbench evaluate CHECKPOINT`: a trained model under the field's robustness protocols.
+
+`--protocol zero|drop|both` (default both): every modality combination under the missing-modality
+protocols, with EMM, the failure-weighted expectations, Shapley values and the per-condition and
+per-case breakdowns; `--protocol rmm|nm`: the robustness benchmark's random-missing and noisy-modality
+protocols (`workbench.robustness`); `--protocol all`: each of them. Results are cached beside the run.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +12,67 @@ import argparse
 from pathlib import Path
 
 from workbench.commands.common import add_quiet
-from workbench.options import Convention, choices
+from workbench.evaluate import TTA
+from workbench.options import Convention, Metric, choices
+from workbench.robustness import NM_LEVELS, RMM_RATES
 from workbench.runs import Run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("checkpoint", help="a checkpoint (final.pt / last.pt) or the run folder that holds final.pt")
-    p.add_argument("--protocol", default="both", choices=("zero", "drop", "both"),
-                   help="how absent modalities are treated (docs/METHOD.md); both: each")
+    p.add_argument("--protocol", default="both", choices=("zero", "drop", "both", "rmm", "nm", "all"),
+                   help="zero/drop: absent modalities zeroed or left out (docs/METHOD.md); both: each; rmm/nm: the "
+                        "robustness benchmark's random-missing / noisy-modality protocols; all: every one")
     p.add_argument("--split", default="test", help="the split of the run's own dataset")
     p.add_argument("--which", default="model", choices=("model", "teacher"),
                    help="teacher: the (feedback-updated) teacher stored with a distillation run")
+    p.add_argument("--case", default=None, help="only samples of this sensor-failure case or condition (e.g. "
+                   "overexposure, night; DeLiVER/synthetic) or MUSES weather/daytime (fog, night, fog_night)")
+    p.add_argument("--metric", default="miou", choices=choices(Metric), help="the score of the combination table")
     p.add_argument("--convention", default="deliver", choices=choices(Convention),
-                   help="mIoU over all classes (deliver) or over classes present (present)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--naive", action="store_true", help="one forward per combination (the reference way)")
+                   help="mean over all classes (deliver) or over classes present (present)")
+    p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation "
+                   "(DeLiVER's evaluate_msf)")
     p.add_argument("--window", type=int, default=None, help="sliding-window inference with this window (pixels)")
+    p.add_argument("--rates", default=",".join(map(str, RMM_RATES)), help="RMM: comma-separated zeroing rates")
+    p.add_argument("--levels", default=",".join(NM_LEVELS), help="NM: comma-separated noise levels")
+    p.add_argument("--seed", type=int, default=0, help="RMM/NM: the seed of the random corruption")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--naive", action="store_true", help="one forward per setting (the reference way)")
     p.add_argument("--out", default=None, help="folder for the CSV/JSON tables (default: the checkpoint's folder)")
     add_quiet(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    protocols = ("zero", "drop") if args.protocol == "both" else (args.protocol,)
     r = Run.at(args.checkpoint)
-    res = r.evaluation(args.split, args.which, protocols, args.convention, args.device, window=args.window,
-                       one_pass=not args.naive, progress=not args.quiet)
     out = Path(args.out) if args.out else r.checkpoint.parent
-    paths = res.save(out, prefix=f"combos_{args.split}_{args.which}")
-    print(f"All-combination mIoU (%) on {args.split} ({args.which}, {res.convention} convention):")
-    print(res.format_table())
-    for p in res.protocols:
-        print(f"per condition ({p}, all modalities): " +
-              ", ".join(f"{k}={v:.2f}" for k, v in res.per_condition(p).items()))
-    print(f"written: {paths['csv']}, {paths['json']}")
+    data = {"case": args.case} if args.case else None
+    suffix = f"{args.split}_{args.which}" + (f"_{args.case}" if args.case else "")
+    common = dict(split=args.split, which=args.which, convention=args.convention, device=args.device, data=data,
+                  progress=not args.quiet)
+    wanted = {"both": ("zero", "drop"), "all": ("zero", "drop", "rmm", "nm")}.get(args.protocol, (args.protocol,))
+    combos = tuple(p for p in wanted if p in ("zero", "drop"))
+    if combos:
+        res = r.evaluation(protocols=combos, window=args.window, tta=TTA() if args.tta else None,
+                           one_pass=not args.naive, **common)
+        paths = res.save(out, prefix=f"combos_{suffix}")
+        print(f"All-combination {args.metric} (%) on {args.split}{f' ({args.case})' if args.case else ''} "
+              f"({args.which}, {res.convention} convention):")
+        print(res.format_table(args.metric))
+        for p in res.protocols:
+            for by in ("condition", "case"):
+                print(f"\nper {by} ({p}):\n{res.format_breakdown(p, by=by)}")
+        print(f"written: {paths['csv']}, {paths['json']}")
+    if "rmm" in wanted:
+        rmm = r.robustness("rmm", seed=args.seed, rates=tuple(float(x) for x in args.rates.split(",")),
+                           one_pass=not args.naive, **common)
+        print(f"\nRMM (random-missing modality; each element of the normalized input zeroed with probability r):\n"
+              f"{rmm.format_table()}\nwritten: {rmm.save(out, prefix=f'rmm_{suffix}')}")
+    if "nm" in wanted:
+        nm = r.robustness("nm", seed=args.seed, levels=tuple(args.levels.split(",")), one_pass=not args.naive,
+                          **common)
+        print(f"\nNM (noisy modality: salt-and-pepper and Gaussian noise on the normalized input):\n"
+              f"{nm.format_table()}\nwritten: {nm.save(out, prefix=f'nm_{suffix}')}")
     return 0

@@ -12,7 +12,7 @@ import hashlib
 import torch
 from torch.utils.data import Dataset
 
-from workbench.data.transforms import IGNORE_INDEX, Compose, eval_transform, train_transform
+from workbench.data.transforms import IGNORE_INDEX, Compose, build_transform
 from workbench.errors import DataError
 
 
@@ -43,14 +43,23 @@ class MultiModalDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    default_pipeline: str = "reference"  # the transforms `pipeline=None` means (docs/DATASETS.md)
+
+    @classmethod
+    def transform_for(cls, split: str, size: int | None, eval_size: int | None, augment: bool | None,
+                      pipeline: str | None) -> Compose:
+        """Training augmentation with crop `size` on the train split (or when `augment`), else the
+        evaluation resize to `eval_size`, from the named `pipeline` (None: the dataset's default)."""
+        return build_transform(cls.name, split, size, pipeline or cls.default_pipeline, eval_size, augment)
+
     @classmethod
     def create(cls, split: str, transform="default", size: int | None = None, eval_size: int | None = None,
-               augment: bool | None = None, **kwargs) -> MultiModalDataset:
-        """The dataset with its default transform: training augmentation on the train split (crop `size`),
-        the evaluation resize (short side `eval_size`) otherwise; `augment=` overrides the split's
+               augment: bool | None = None, pipeline: str | None = None, **kwargs) -> MultiModalDataset:
+        """The dataset with the transform of its `pipeline`: training augmentation on the train split (crop
+        `size`), the evaluation resize (short side `eval_size`) otherwise; `augment=` overrides the split's
         default, `transform=None` gives raw [0, 1] modalities, a `Compose` is used as it is."""
         if transform == "default":
-            transform = split_transform(split, size, eval_size, augment)
+            transform = cls.transform_for(split, size, eval_size, augment, pipeline)
         return cls(split=split, transform=transform, **kwargs)
 
     @classmethod
@@ -83,22 +92,6 @@ def check_label(label: torch.Tensor, num_classes: int, meta: dict) -> None:
             f"sample {meta.get('file', meta)} has label values {values} outside 0..{num_classes - 1} "
             f"(255 = ignore); check the dataset's label mapping or the file"
         )
-
-
-def split_transform(split: str, size: int | None, eval_size: int | None, augment: bool | None) -> Compose:
-    """Training augmentation with crop `size` on the train split (or when `augment`), else the
-    evaluation resize to short side `eval_size` (None: as stored)."""
-    train = augment if augment is not None else split == "train"
-    return default_transform(split, size if train else eval_size, train)
-
-
-def default_transform(split: str, size: int | None, augment: bool | None) -> Compose:
-    augment = (split == "train") if augment is None else augment
-    if augment:
-        if size is None:
-            raise DataError("augment=True needs a crop `size`")
-        return train_transform(size)
-    return eval_transform(size)
 
 
 def collate(samples: list[dict], modalities: tuple[str, ...] | None = None) -> dict:

@@ -7,7 +7,14 @@ channel 0 of the semantic PNG, raw 1..25 -> classes 0..24, raw 0 and 255 -> igno
 reference gets the same result through uint8 wrap-around (`label[label == 255] = 0; label -= 1`),
 done here explicitly. Two deliberate differences: the folder and suffix swaps act on the path below
 `root` (so a root such as `/data/img_sets/` cannot be rewritten by accident), and the `case` filter
-matches that root-relative path (a root under `/mnt/sun/` does not match case "sun").
+matches path components, not a substring of the path.
+
+The case filter. The reference keeps the files whose path contains the case name as a substring, so
+`case="rain"` also keeps every `train` file (and a root under `/mnt/sun/` matches "sun"). Here a
+condition (cloud, fog, night, rain, sun) matches the condition folder `img/<condition>/...` exactly, and a
+sensor-failure case (motionblur, overexposure, underexposure, lidarjitter, eventlowres) matches a
+`_`-separated token of the scene folder or of the file name: DeLiVER marks a failure case with a suffix
+on the scene folder (`MAP_<n>_point<k>_<case>`). The same rule sets each sample's `meta["case"]`.
 """
 
 from __future__ import annotations
@@ -48,6 +55,15 @@ SUFFIX = {"rgb": "_rgb", "depth": "_depth", "event": "_event", "lidar": "_lidar"
 
 def folder(key: str, depth_source: str = "hha") -> str:
     return {"rgb": "img", "depth": depth_source, "event": "event", "lidar": "lidar", "label": "semantic"}[key]
+
+
+def case_matches(case: str, rel: Path) -> bool:
+    """Whether a root-relative `img/<condition>/<split>/<scene>/<file>` path belongs to `case`: a condition
+    is the condition folder, a failure case a `_`-separated token of the scene folder or file stem."""
+    _, condition, _, scene, filename = rel.parts
+    if case in CONDITIONS:
+        return condition == case
+    return case in scene.split("_") or case in Path(filename).stem.split("_")
 
 
 def map_label(raw: torch.Tensor) -> torch.Tensor:
@@ -104,11 +120,11 @@ class DeliverDataset(RealDataset):
             return scan
         rels = [a.relative_to(root) for a in anchors]
         if case is not None:
-            rels = [r for r in rels if case in r.as_posix()]
+            rels = [r for r in rels if case_matches(case, r)]
             if not rels:
                 scan.problems.append(Problem(
-                    f"case {case!r} matches none of the {len(anchors)} {split} images (it is matched as a substring "
-                    f"of img/<condition>/{split}/MAP_*/<file>)",
+                    f"case {case!r} matches none of the {len(anchors)} {split} images (a condition matches the folder "
+                    f"img/<condition>/, a failure case a '_' token of the scene folder MAP_*_<case> or file name)",
                     "choose a case present in this split (`python -m workbench data check ROOT --dataset deliver` "
                     "counts them) or case=None"))
                 return scan
@@ -135,7 +151,7 @@ class DeliverDataset(RealDataset):
             _, condition, _, scene, filename = rel.parts
             files = {key: (root / folder(key, depth_source) / condition / split / scene
                            / filename.replace("_rgb", SUFFIX[key]),) for key in keys}
-            found = [c for c in CASES if c in rel.as_posix()]
+            found = [c for c in CASES if case_matches(c, rel)]
             stem = filename.split("_rgb")[0]
             meta = {"dataset": "deliver", "split": split, "condition": condition, "case": found[0] if found else "none",
                     "file": f"{condition}/{split}/{scene}/{stem}"}

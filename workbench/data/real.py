@@ -191,7 +191,8 @@ class RealDataset(MultiModalDataset):
         options = {"depth_source": data_cfg.depth_source} if "depth_source" in cls.options else {}
         return cls.create(split, size=data_cfg.size, eval_size=data_cfg.eval_size,
                           augment=data_cfg.augment if augment is None else augment, root=data_cfg.root,
-                          modalities=data_cfg.modalities or None, case=data_cfg.case, aug_seed=aug_seed, **options)
+                          modalities=data_cfg.modalities or None, case=data_cfg.case, aug_seed=aug_seed,
+                          pipeline=data_cfg.pipeline, **options)
 
     def __len__(self) -> int:
         return len(self.records)

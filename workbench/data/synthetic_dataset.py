@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from workbench.data import synthetic as syn
-from workbench.data.base import MultiModalDataset, split_transform
+from workbench.data.base import MultiModalDataset
 from workbench.errors import ConfigError, DataError
 
 
@@ -33,12 +33,17 @@ class SyntheticDataset(MultiModalDataset):
         self.condition, self.case = condition, case
         self._cache: dict[int, dict] | None = {} if cache else None
 
+    default_pipeline = "workbench"
+
     @classmethod
     def create(cls, split: str, transform="default", size: int = 64, eval_size: int | None = None,
-               augment: bool | None = None, **kwargs) -> SyntheticDataset:
+               augment: bool | None = None, pipeline: str | None = None, **kwargs) -> SyntheticDataset:
         """Rendered at `size`, which is also the training crop (see `MultiModalDataset.create`)."""
+        if pipeline not in (None, "workbench"):
+            raise ConfigError(f"data.pipeline={pipeline!r}: the synthetic benchmark has only the 'workbench' "
+                              f"pipeline (the reference pipelines belong to deliver, muses and mcubes)")
         if transform == "default":
-            transform = split_transform(split, size, eval_size, augment)
+            transform = cls.transform_for(split, size, eval_size, augment, pipeline)
         return cls(split=split, transform=transform, size=size, **kwargs)
 
     @classmethod
@@ -56,7 +61,7 @@ class SyntheticDataset(MultiModalDataset):
         return cls.create(split, size=data_cfg.size, eval_size=data_cfg.eval_size,
                           augment=data_cfg.augment if augment is None else augment, num_samples=n,
                           seed=data_cfg.synthetic_seed, modalities=data_cfg.modalities or None, condition=condition,
-                          case=case, aug_seed=aug_seed)
+                          case=case, aug_seed=aug_seed, pipeline=data_cfg.pipeline)
 
     def __len__(self) -> int:
         return self.num_samples
