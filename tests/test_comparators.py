@@ -4,6 +4,7 @@ import torch
 
 from workbench.comparators import AnySegDistiller, MagicMethod
 from workbench.config import apply_overrides
+from workbench.methods import Draws
 from workbench.models import Segmentor
 from workbench.models.magic import MAGIC
 
@@ -29,12 +30,12 @@ def test_anyseg_step(tiny_cfg):
     student.load_state_dict(teacher.state_dict())
     method = AnySegDistiller(cfg, student, teacher)
     method.train()
-    out = method.training_step(_batch(), torch.Generator().manual_seed(0))
+    out = method.training_step(_batch(), Draws.for_epoch(0, 0))
     assert {"loss", "ce", "kd", "umd", "cmd"} <= set(out) and all(torch.isfinite(v) for v in out.values())
     out["loss"].backward()
     assert all(g is not None and torch.isfinite(g).all() for g in _grads(student))
     assert all(p.grad is None for p in teacher.parameters())
-    assert method.after_step(_batch(), torch.Generator(), 1e-3) == {}
+    assert method.after_step(_batch(), Draws.for_epoch(0, 0), 1e-3) == {}
     assert set(method.validation_logs()) == {f"kept/{m}" for m in MODS}
     method.load_state_dict(method.state_dict())
 
@@ -43,7 +44,7 @@ def test_magic_step(tiny_cfg):
     model = MAGIC(MODS, 5, head_dim=16)
     method = MagicMethod(tiny_cfg, model)
     method.train()
-    out = method.training_step(_batch(), torch.Generator().manual_seed(0))
+    out = method.training_step(_batch(), Draws.for_epoch(0, 0))
     assert {"loss", "aggregated", "selected", "consistency"} <= set(out)
     assert all(torch.isfinite(v) for v in out.values())
     out["loss"].backward()

@@ -315,7 +315,9 @@ def test_cpd_same_pairing_is_single_modal_prototype_kd():
             d = prototype_divergence(ps, pt, present, "kl_class")  # (B,)
             terms += [d[b] for b in range(3) if present[b].any()]  # a sample with no labelled pixel: no term
     assert len(terms) < 4 * 4 * 3  # the 1x1 stage has an ignored pixel somewhere
-    assert torch.allclose(cpd_loss(student, teacher, labels, K, same), torch.stack(terms).mean())
+    assert torch.allclose(cpd_loss(student, teacher, labels, K, same, aggregation="mean"), torch.stack(terms).mean())
+    # the paper's aggregation: summed over stages and modalities, 1/B over the samples
+    assert torch.allclose(cpd_loss(student, teacher, labels, K, same), torch.stack(terms).sum() / 3)
 
 
 @pytest.mark.parametrize("pairing", ["permutation", "derangement"])
@@ -324,9 +326,11 @@ def test_cpd_loss_vs_loop_reference(pairing, kind):
     student, teacher, labels, received, g = _setup(18)
     pairs = cpd_pairs(3, 4, g, pairing)
     for rec in (received, None):
-        out = cpd_loss(student, teacher, labels, K, pairs, kind=kind, temperature=2.0, received=rec)
-        ref = loop_cpd_loss(student, teacher, labels, K, pairs, kind=kind, temperature=2.0, received=rec)
-        assert torch.allclose(out, ref, atol=1e-12)
+        for agg in ("sum", "mean"):
+            out = cpd_loss(student, teacher, labels, K, pairs, kind=kind, temperature=2.0, received=rec, aggregation=agg)
+            ref = loop_cpd_loss(student, teacher, labels, K, pairs, kind=kind, temperature=2.0, received=rec,
+                                aggregation=agg)
+            assert torch.allclose(out, ref, atol=1e-12)
     sub = cpd_loss(student, teacher, labels, K, pairs, stages=(1, 3), kind=kind, received=received)
     assert torch.allclose(sub, loop_cpd_loss(student, teacher, labels, K, pairs, (1, 3), kind, received=received))
 
@@ -367,7 +371,42 @@ def test_cpd_public_prototypes_option():
                 if (resize_labels(labels[b:b + 1], SIZES[i]) != IGN).any():
                     terms.append(F.kl_div(F.log_softmax(ps, 0), F.softmax(pt, 0), reduction="mean"))
     out = cpd_loss(student, teacher, labels, K, pairs, prototypes="public")
+    assert torch.allclose(out, torch.stack(terms).sum() / 2)  # the public code: summed, 1/N over samples
+    out = cpd_loss(student, teacher, labels, K, pairs, prototypes="public", aggregation="mean")
     assert torch.allclose(out, torch.stack(terms).mean())
+
+
+def test_iid_pairing_is_the_public_draw_and_cpd_follows_it_per_stage():
+    """The public code draws every (sample, stage, slot) uniformly and independently: a row is a
+    permutation with probability M!/M^M; cpd_loss with a (B, S, M) pairing equals the loop reference."""
+    g = _gen(41)
+    pairs = cpd_pairs(4000, 4, g, "iid")
+    assert pairs.shape == (4000, 4, 4) and pairs.min() == 0 and pairs.max() == 3
+    counts = torch.bincount(pairs.flatten(), minlength=4).float() / pairs.numel()
+    assert (counts - 0.25).abs().max() < 0.01
+    is_perm = (pairs.sort(-1).values == torch.arange(4)).all(-1).float().mean()
+    assert abs(float(is_perm) - 24 / 256) < 0.01
+    student, teacher, labels, received, g = _setup(42)
+    pairs = cpd_pairs(3, 4, g, "iid")
+    for agg in ("sum", "mean"):
+        out = cpd_loss(student, teacher, labels, K, pairs, received=received, aggregation=agg)
+        assert torch.allclose(out, loop_cpd_loss(student, teacher, labels, K, pairs, received=received,
+                                                 aggregation=agg), atol=1e-12)
+    sub = cpd_loss(student, teacher, labels, K, pairs[:, [1, 3]], stages=(1, 3), received=received)
+    assert torch.allclose(sub, loop_cpd_loss(student, teacher, labels, K, pairs[:, [1, 3]], (1, 3), received=received))
+
+
+@pytest.mark.filterwarnings("ignore:reduction. .mean.")  # the public code's own call
+def test_public_kd_distils_every_pixel_as_the_public_code():
+    """The public code's L_KL: KLDivLoss(reduction="mean") over every element, ignored pixels included."""
+    g = _gen(43)
+    s, t = torch.randn(2, 5, 6, 7, generator=g, dtype=torch.float64), torch.randn(2, 5, 6, 7, generator=g,
+                                                                                dtype=torch.float64)
+    labels = torch.randint(0, 5, (2, 6, 7), generator=g)
+    labels[0, :3] = IGN
+    ref = F.kl_div(F.log_softmax(s / 2, 1), F.softmax(t / 2, 1), reduction="mean") * 4
+    assert torch.allclose(kd_loss(s, t, None, temperature=2.0, reduction="element"), ref)
+    assert not torch.allclose(kd_loss(s, t, labels, temperature=2.0, reduction="element"), ref)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,8 +417,10 @@ def test_cpd_public_prototypes_option():
 def test_ifv_loss_vs_loop_reference(kind):
     student, teacher, labels, received, g = _setup(21)
     mask = asm_primary(torch.rand(3, 4, generator=g)) & received
-    out = ifv_loss(student, teacher, labels, K, mask, kind=kind, temperature=2.0)
-    assert torch.allclose(out, loop_ifv_loss(student, teacher, labels, K, mask, kind=kind, temperature=2.0))
+    for agg in ("sum", "mean"):
+        out = ifv_loss(student, teacher, labels, K, mask, kind=kind, temperature=2.0, aggregation=agg)
+        assert torch.allclose(out, loop_ifv_loss(student, teacher, labels, K, mask, kind=kind, temperature=2.0,
+                                                 aggregation=agg))
     pairs = cpd_pairs(3, 4, g)  # the cross-modal variant: student pi(m) against teacher m
     cross = ifv_loss(student, teacher, labels, K, received, kind=kind, pairs=pairs)
     assert torch.allclose(cross, loop_ifv_loss(student, teacher, labels, K, received, kind=kind, pairs=pairs))

@@ -112,10 +112,10 @@ def versions() -> dict:
             "cuda": torch.version.cuda if torch.cuda.is_available() else None, "platform": platform.platform()}
 
 
-def write_run_info(run_dir: Path, cfg_json: str) -> dict:
-    """config.json and run_info.json (versions, git commit) next to the checkpoints."""
+def write_run_info(run_dir: Path, cfg_json: str, extra: dict | None = None) -> dict:
+    """config.json and run_info.json (versions, git commit, and `extra`) next to the checkpoints."""
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", cfg_json)
-    info = {"versions": versions(), "git_commit": git_commit()}
+    info = {"versions": versions(), "git_commit": git_commit(), **(extra or {})}
     atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
     return info

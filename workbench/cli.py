@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("workbench.commands.evaluate", "evaluate a checkpoint on every modality combination"),
     "ablate": ("workbench.commands.ablate", "the paper's ablation rows over seeds, beside the paper's figures"),
     "sweep": ("workbench.commands.sweep", "grid search of config values on the val split"),
+    "claims": ("workbench.commands.claims", "the paper's claims as paired-seed differences with CIs and verdicts"),
+    "probe": ("workbench.commands.probe", "gradient share of each loss term in the student's encoders"),
     "suite": ("workbench.suite", "run every notebook headlessly with papermill and write figures/REPORT.md"),
     "bench": ("workbench.commands.bench", "speed benchmarks, each against the naive way"),
     "data": ("workbench.commands.data", "dataset tools: data check ROOT --dataset NAME"),

@@ -1,5 +1,5 @@
 """Training steps of the comparator methods AnySeg and MAGIC, with the interface of `workbench.methods`
-(`training_step(batch, gen)` -> named losses with `loss` the total; `after_step`; `state_dict`;
+(`training_step(batch, draws)` -> named losses with `loss` the total; `after_step`; `state_dict`;
 `load_state_dict`; `validation_logs`), so the shared loop trains them. CMNeXt needs no class here: it is
 a model (`workbench.models.cmnext.CMNeXt`) trained by `Supervised`.
 
@@ -22,7 +22,7 @@ from torch import nn
 
 from workbench import losses as L
 from workbench.config import Config
-from workbench.methods import Distiller, Supervised, _inputs, segmentation_loss
+from workbench.methods import Distiller, Draws, Supervised, _inputs, segmentation_loss
 from workbench.models.magic import magic_losses
 
 
@@ -49,10 +49,10 @@ class AnySegDistiller(Distiller):
         self.umd_weight, self.cmd_weight = umd_weight, cmd_weight
         self.axis, self.cmd_features, self.cmd_reduction = axis, cmd_features, cmd_reduction
 
-    def training_step(self, batch: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: dict, draws: Draws) -> dict[str, torch.Tensor]:
         d, mods = self.d, self.model.modalities
         inputs, labels = _inputs(batch, mods), batch["label"]
-        present = _dropout(batch, len(mods), gen, d.dropout)
+        present = _dropout(batch, len(mods), draws.dropout, d.dropout)
         with torch.no_grad():
             t_out = self.teacher(inputs, batch["present"], "drop")  # the teacher sees everything
         s_out = self.net(inputs, present, self.cfg.train.protocol)
@@ -72,7 +72,7 @@ class AnySegDistiller(Distiller):
         self.counts["samples"] += labels.shape[0]
         return {"loss": total, **{key: v.detach() for key, v in out.items()}}
 
-    def after_step(self, batch: dict, gen: torch.Generator, lr: float) -> dict[str, float]:
+    def after_step(self, batch: dict, draws: Draws, lr: float) -> dict[str, float]:
         return {}
 
     def validation_logs(self) -> dict[str, float]:
@@ -96,9 +96,9 @@ class MagicMethod(Supervised):
         m = len(self.model.modalities)
         self.counts = {"robust": torch.zeros(m), "fragile": torch.zeros(m), "samples": 0}
 
-    def training_step(self, batch: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: dict, draws: Draws) -> dict[str, torch.Tensor]:
         mods = self.model.modalities
-        present = _dropout(batch, len(mods), gen, self.dropout)
+        present = _dropout(batch, len(mods), draws.dropout, self.dropout)
         out = self.net(_inputs(batch, mods), present, self.cfg.train.protocol)
         losses = magic_losses(out, batch["label"], self.selected_weight, self.consistency_weight,
                               seg_loss=lambda logits, labels: segmentation_loss(self.cfg, logits, labels))

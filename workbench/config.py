@@ -24,24 +24,30 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from workbench.errors import ConfigError, UnknownName
 from workbench.options import (
+    Aggregation,
     Amp,
     AsmStage,
+    Conventions,
     DatasetName,
     DepthSource,
     DropoutMode,
     Fusion,
     IFVDivergence,
     IFVModalities,
+    KDPixels,
     KDReduction,
     Pairing,
     Pipeline,
     Protocol,
     ProtoDivergence,
+    Prototypes,
     SegLoss,
+    StudentInit,
+    Weighting,
 )
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "DistillConfig", "ConfigError", "PROFILES",
-           "METHODS", "TUNED", "preset", "apply_overrides"]
+           "METHODS", "TUNED", "CONVENTIONS", "preset", "apply_overrides"]
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
@@ -157,38 +163,65 @@ class TrainConfig(_Checked):
             _positive("train.max_steps", self.max_steps)
 
 
+# What `distill.conventions` means for the fields left at None (docs/METHOD.md, "Paper conventions and
+# public-code conventions"): the paper's equations, or the public code's conventions.
+CONVENTIONS: dict[str, dict[str, str]] = {
+    "paper": {"kd_pixels": "valid", "cp_pairing": "permutation", "cp_prototypes": "masked",
+              "ifv_divergence": "kl_spatial"},
+    "public": {"kd_pixels": "all", "cp_pairing": "iid", "cp_prototypes": "public", "ifv_divergence": "kl_width"},
+}
+
+
 @dataclass(frozen=True)
 class DistillConfig(_Checked):
     """RobustSeg's student losses (docs/METHOD.md, "The objectives"):
-    L_hp = L_CE + lambda L_KL + alpha L_cp + beta L_ifv, and the feedback step on the teacher."""
+    L_hp = L_CE + lambda L_KL + alpha L_cp + beta L_ifv, and the feedback step on the teacher.
+    Fields that default to None follow `conventions` (`option(name)` gives the value in use)."""
 
     _section = "distill"
     enabled: bool = False  # False: the baseline / teacher (all modalities, CE only)
+    conventions: Conventions = "paper"  # one switch: the paper's conventions or the public code's
     dropout: DropoutMode = "sample"  # Anymodal Dropout
+    student_init: StudentInit = "from_teacher"  # the student starts as the trained teacher, or as it began
     kd_weight: float = 50.0  # lambda (paper)
     kd_temperature: float = 1.0
-    kd_reduction: KDReduction = "element"
+    kd_reduction: KDReduction = "element"  # mean over K*pixels (public code; lambda=50 was tuned to it)
+    kd_pixels: KDPixels | None = None  # paper: labelled pixels; public: every pixel
     cp_weight: float = 100.0  # alpha (paper); 0 disables CPD
-    cp_pairing: Pairing = "permutation"
+    cp_pairing: Pairing | None = None  # paper: a permutation per sample; public: i.i.d. per (sample, stage, slot)
+    cp_prototypes: Prototypes | None = None  # paper: absent classes masked; public: divided by the count twice
     cp_divergence: ProtoDivergence = "kl_class"
     cp_temperature: float = 1.0
     ifv_weight: float = 12.0  # beta (paper); 0 disables IFV distillation
     ifv_modalities: IFVModalities = "primary"  # primary (ASM) | all | cross (the paper's negative row)
-    ifv_divergence: IFVDivergence = "kl_spatial"
+    ifv_divergence: IFVDivergence | None = None  # paper: KL over all h*w; public: softmax along the width
     ifv_temperature: float = 2.0
+    aggregation: Aggregation = "sum"  # L_cp, L_ifv: summed over stages and modalities, 1/B (paper and public)
     stages: tuple[int, ...] = (0, 1, 2, 3)  # encoder stages that the prototype losses use
     asm_stage: AsmStage = "last"
+    weighting: Weighting = "paper"  # lambda/alpha/beta as written, or set by gradient shares (workbench.weighting)
+    share_kd: float | None = None  # gradient_share: |grad lambda L_KL| / |grad L_CE| (None keeps kd_weight)
+    share_cp: float = 0.5  # gradient_share: |grad alpha L_cp| / |grad lambda L_KL|
+    share_ifv: float = 0.5  # gradient_share: |grad beta L_ifv| / |grad lambda L_KL|
+    probe_batches: int = 8  # gradient_share: training batches the gradient norms are averaged over
     feedback: bool = False  # student -> teacher step on the teacher's non-primary encoders
     feedback_lr_scale: float = 0.1  # 6e-6 / 6e-5 in the paper
     teacher: str | None = None  # checkpoint path; None = train/reuse the cached baseline
 
     def check(self) -> None:
-        for key in ("kd_weight", "cp_weight", "ifv_weight"):
+        for key in ("kd_weight", "cp_weight", "ifv_weight", "share_cp", "share_ifv"):
             _positive(f"distill.{key}", getattr(self, key), allow_zero=True)
-        for key in ("kd_temperature", "cp_temperature", "ifv_temperature", "feedback_lr_scale"):
+        for key in ("kd_temperature", "cp_temperature", "ifv_temperature", "feedback_lr_scale", "probe_batches"):
             _positive(f"distill.{key}", getattr(self, key))
+        if self.share_kd is not None:
+            _positive("distill.share_kd", self.share_kd)
         if not self.stages or any(s not in (0, 1, 2, 3) for s in self.stages):
             raise ConfigError(f"distill.stages={self.stages!r} must be a non-empty subset of 0,1,2,3")
+
+    def option(self, name: str) -> str:
+        """The value in use of a convention-dependent field: its own, or the one `conventions` sets."""
+        value = getattr(self, name)
+        return CONVENTIONS[self.conventions][name] if value is None else value
 
 
 @dataclass(frozen=True)
@@ -371,10 +404,7 @@ PROFILES = {"tiny": _profile_tiny, "smoke": _profile_tiny, "quick": _profile_qui
 
 # Loss weights tuned for a profile (on its val split, never on test), applied on top of the paper's
 # defaults by `preset`: profile -> {config key: (value, where it was tuned)}.
-TUNED: dict[str, dict[str, tuple[Any, str]]] = {
-    "quick": {"distill.cp_weight": (10.0, "val sweep alpha in {10, 100} x beta in {12, 100}, seed 0: "
-                                          "figures/sweep_hpd_quick.csv")},
-}
+TUNED: dict[str, dict[str, tuple[Any, str]]] = {}
 
 # Method presets: the rows of the paper's ablation table (docs/METHOD.md). Keys are DistillConfig fields.
 _OFF = dict(cp_weight=0.0, ifv_weight=0.0)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from workbench.data.transforms import IGNORE_INDEX
 from workbench.options import (
+    Aggregation,
     AnySegAxis,
     AsmStage,
     CMDFeatures,
@@ -325,14 +326,16 @@ def _random_permutations(n: int, m: int, generator: torch.Generator | None) -> T
 
 
 def cpd_pairs(batch: int | Tensor, num_modalities: int | None = None, generator: torch.Generator | None = None,
-              pairing: str = "permutation", device: torch.device | str | None = None) -> Tensor:
+              pairing: str = "permutation", device: torch.device | str | None = None, num_stages: int = 4) -> Tensor:
     """Per-sample modality pairing pi for L_cp: (B, M) long, row b a permutation of 0..M-1; the student
     prototype of modality pi_b(m) = pairs[b, m] is matched to the teacher prototype of modality m.
 
     `batch`: the batch size, or a (B, M) tensor (e.g. the present mask) that gives B, M and the device.
     The permutation is over all M modalities; which pairs count (e.g. only student modalities the student
-    received) is `cpd_loss(received=...)`'s business. `permutation`: uniform; `derangement`: uniform
-    without fixed points (rejection sampling, M >= 2); `same`: identity (single-modal prototype KD)."""
+    received) is `cpd_loss(received=...)`'s business. `permutation` (paper): uniform; `derangement`:
+    uniform without fixed points (rejection sampling, M >= 2); `same`: identity (single-modal prototype
+    KD); `iid` (the public code): (B, num_stages, M), every slot of every stage drawn uniformly from
+    0..M-1 independently, so a row is a permutation only with probability M!/M^M (9.4% at M = 4)."""
     check("pairing", pairing, Pairing)
     if isinstance(batch, Tensor):
         if batch.dim() != 2:
@@ -344,6 +347,8 @@ def cpd_pairs(batch: int | Tensor, num_modalities: int | None = None, generator:
         b, m = int(batch), int(num_modalities)
     if pairing == "same":
         return torch.arange(m, device=device).expand(b, m).clone()
+    if pairing == "iid":
+        return torch.randint(0, m, (b, num_stages, m), generator=generator, device=_gen_device(generator)).to(device)
     if pairing == "derangement" and m < 2:
         raise ValueError(f"a derangement needs at least 2 modalities (got M={m}); use pairing='same'")
     perm = _random_permutations(b, m, generator)
@@ -432,32 +437,57 @@ def asm_primary_batch(sim: Tensor, k: int | None = None) -> Tensor:
 def cpd_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, num_classes: int, pairs: Tensor,
              stages: Sequence[int] = (0, 1, 2, 3), kind: str = "kl_class", temperature: float = 1.0,
              received: Tensor | None = None, ignore_index: int = IGNORE_INDEX,
-             modalities: Sequence[str] | None = None, prototypes: str = "masked",
+             modalities: Sequence[str] | None = None, prototypes: str = "masked", aggregation: str = "sum",
              detach_target: bool = True, eps: float = 1e-8) -> Tensor:
     """L_cp: cross-modal prototype distillation, D(p^S_{pi(m)}, g^T_m) -> scalar.
 
     student_feats / teacher_feats: modality -> stage tensors (B, C_i, h_i, w_i); labels (B, H, W);
-    pairs (B, M) from `cpd_pairs` (identity = single-modal prototype KD); D = `prototype_divergence`
-    over the classes present in the sample at that stage. Mean over the (stage, sample, modality) terms
-    that count; 0 (with a graph) when none does.
+    pairs (B, M) from `cpd_pairs`, one pairing for every stage (identity = single-modal prototype KD), or
+    (B, S, M), one per stage (the public code's i.i.d. draw, `cpd_pairs(pairing="iid")`, S = len(stages));
+    D = `prototype_divergence` over the classes present in the sample at that stage.
+    `aggregation`: `sum` (the paper's equation and the public code): the counted terms summed over stages
+    and modalities, averaged over the B samples; `mean`: the mean over the counted (stage, sample,
+    modality) terms (this workbench before 2026-11-25; 16x smaller at M = 4, S = 4). 0 (with a graph) when
+    no term counts.
 
     `received` (B, M) bool: the modalities the student got (`SegOutput.present`). Given, a pair counts
     only if the student modality pi(m) was received; None counts every pair (the public code, whose
     zero-padding student distils zeroed modalities too). Passing it is the recommended default: under
     `drop` a dropped modality's features are constant zeros outside the graph, so its term is a
-    constant (KL to a uniform softmax) that only dilutes the mean; under `zero` it asks the encoder to
-    reproduce another modality's class prototypes from an all-zero input, which carries no scene
-    information. The paper matches prototypes of modalities the student "sees" (its Eq. for L_cp is
-    written for the student's modality features), so we skip dropped ones.
+    constant (KL to a uniform softmax); under `zero` it asks the encoder to reproduce another modality's
+    class prototypes from an all-zero input, which carries no scene information. The paper matches
+    prototypes of modalities the student "sees" (its Eq. for L_cp is written for the student's modality
+    features), so we skip dropped ones.
     `prototypes`: `masked` (absent classes masked out) or `public` (the public code: zero rows for absent
-    classes, prototypes divided by the count a second time, every class in the softmax)."""
+    classes, prototypes divided by the count a second time, every class in the softmax; such prototypes
+    underflow float32 at 256 x 256 features, docs/METHOD.md)."""
     check("kind", kind, ProtoDivergence)
     check("prototypes", prototypes, Prototypes)
+    check("aggregation", aggregation, Aggregation)
     names = _names(student_feats, modalities)
     _check_stages(stages, student_feats, names)
-    b, m = pairs.shape
-    if m != len(names):
-        raise ValueError(f"pairs has {m} modalities but the features have {len(names)} ({', '.join(names)})")
+    if pairs.shape[-1] != len(names):
+        raise ValueError(f"pairs has {pairs.shape[-1]} modalities but the features have {len(names)} "
+                         f"({', '.join(names)})")
+    args = (student_feats, teacher_feats, labels, num_classes, names, kind, temperature, received, ignore_index,
+            prototypes, detach_target, eps)
+    if pairs.dim() == 3:  # one pairing per stage: the stages go one at a time
+        if pairs.shape[1] != len(stages):
+            raise ValueError(f"pairs of shape {tuple(pairs.shape)} has {pairs.shape[1]} stage pairings for "
+                             f"{len(stages)} stages")
+        parts = [_cpd_terms(*args, pairs[:, j], (i,)) for j, i in enumerate(stages)]
+        total, count = sum(t for t, _ in parts), sum(c for _, c in parts)
+    else:
+        total, count = _cpd_terms(*args, pairs, stages)
+    return total / (pairs.shape[0] if aggregation == "sum" else count.clamp(min=1))
+
+
+def _cpd_terms(student_feats: Features, teacher_feats: Features, labels: Tensor, num_classes: int,
+               names: Sequence[str], kind: str, temperature: float, received: Tensor | None, ignore_index: int,
+               prototypes: str, detach_target: bool, eps: float, pairs: Tensor,
+               stages: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """(sum, count) of the counted L_cp terms for one pairing `pairs` (B, M) shared by `stages`."""
+    m = len(names)
     protos, presents = [], []
     for i in stages:  # per stage: one matmul gives every modality's prototypes, student and teacher
         ft = [teacher_feats[n][i].detach() if detach_target else teacher_feats[n][i] for n in names]
@@ -472,7 +502,7 @@ def cpd_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, n
     sel = received.bool().gather(1, pairs) if received is not None else torch.ones_like(pairs, dtype=torch.bool)
     bi, mi = sel.nonzero(as_tuple=True)  # (P,) each
     if bi.numel() == 0:  # nothing counts: 0, still attached to the student's graph
-        return sum(p.sum() for p in protos) * 0.0
+        return sum(p.sum() for p in protos) * 0.0, torch.zeros((), device=pairs.device)
     with _no_autocast(protos[0].device):
         # Stages side by side along the channel axis: one divergence pass, reduced per stage by `seg`.
         p = torch.cat(protos, -1).flatten(0, 1)  # (B * 2M, K, sum C_i): student then teacher modalities
@@ -482,25 +512,28 @@ def cpd_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, n
         present = torch.stack(presents, 1).index_select(0, bi)  # (P, S, K)
         d = _proto_div(ps, pt, present, seg, kind, temperature, eps)  # (P, S)
         w = present.any(-1)  # the sample has a labelled class at that stage
-        return (d * w).sum() / w.sum().clamp(min=1)
+        return (d * w).sum(), w.sum()
 
 
 def ifv_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, num_classes: int,
              modalities_mask: Tensor, stages: Sequence[int] = (0, 1, 2, 3), kind: str = "kl_spatial",
              temperature: float = 2.0, pairs: Tensor | None = None, ignore_index: int = IGNORE_INDEX,
-             modalities: Sequence[str] | None = None, detach_target: bool = True, eps: float = 1e-8) -> Tensor:
+             modalities: Sequence[str] | None = None, aggregation: str = "sum", detach_target: bool = True,
+             eps: float = 1e-8) -> Tensor:
     """L_ifv: D(M^S_m, M^T_m) between IFV maps of the same modality -> scalar.
 
     modalities_mask (B, M) bool selects the *student* modalities distilled: for HPD, ASM primary AND
     received by the student; received alone for "IFV (all modalities)". With `pairs` (B, M) the
     cross-modal variant (the paper's negative "cross-modal IFV" row): the student map of modality
     pi(m) = pairs[b, m] against the teacher map of modality m, counted when the student modality
-    pi(m) is selected. D = `ifv_divergence(kind, temperature)`. Mean over the selected (stage, sample,
-    modality) terms; only those are computed (one host sync for their index list); 0 with a valid graph
-    when the mask is empty. For the feedback step swap the roles: the teacher's features as
+    pi(m) is selected. D = `ifv_divergence(kind, temperature)`. `aggregation`: `sum` (the paper and the
+    public code): the selected terms summed over stages and modalities, averaged over the B samples;
+    `mean`: their mean. Only the selected terms are computed (one host sync for their index list); 0
+    with a valid graph when the mask is empty. For the feedback step swap the roles: the teacher's features as
     `student_feats` (mask: its non-primary modalities that the student received), the student's as
     `teacher_feats` (the detached target)."""
     check("kind", kind, IFVDivergence)
+    check("aggregation", aggregation, Aggregation)
     names = _names(student_feats, modalities)
     _check_stages(stages, student_feats, names)
     sel = modalities_mask.bool()
@@ -530,7 +563,7 @@ def ifv_loss(student_feats: Features, teacher_feats: Features, labels: Tensor, n
     with _no_autocast(lab.device):
         maps = _ifv_finish(torch.cat(own, -1), torch.cat(fsq, -1), torch.cat(labelled, -1)[:, None], eps)
         d = _stage_divergence(maps[:, 0], maps[:, 1], sizes, kind, temperature)  # (P, S)
-    return d.sum() / d.numel()
+    return d.sum() / (sel.shape[0] if aggregation == "sum" else d.numel())
 
 
 # ----------------------------------------------------------------------------------------------

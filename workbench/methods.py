@@ -2,9 +2,11 @@
 RobustSeg's teacher-student self-distillation with Anymodal Dropout, logits KD, Hybrid Prototype
 Distillation and the student-to-teacher feedback loop (docs/METHOD.md, "Training pipeline" and "Losses").
 
-A method exposes `model` (the network being trained and saved), `training_step(batch, gen)` ->
+A method exposes `model` (the network being trained and saved), `training_step(batch, draws)` ->
 named losses with `loss` the total to back-propagate, and `after_step(...)` for work after the
 optimizer step (the feedback step on the teacher). The training loop (`workbench.train`) is shared.
+`Draws` holds one generator per kind of random draw, so that for a given seed and epoch every method
+gets the same Anymodal Dropout subsets, whatever else it draws: rows of a study are paired by seed.
 
 Decisions left open by the paper, each a named option in `DistillConfig`:
 - The teacher always sees every modality under `drop` (nothing is missing for it) and stays in
@@ -19,6 +21,9 @@ Decisions left open by the paper, each a named option in `DistillConfig`:
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -27,6 +32,19 @@ from workbench.checkpoint import load_state_strict
 from workbench.config import Config
 from workbench.errors import ConfigError
 from workbench.models import build_model, load_model
+
+
+@dataclass
+class Draws:
+    """A step's random draws, each kind from its own generator (see the module docstring)."""
+
+    dropout: torch.Generator  # Anymodal Dropout subsets
+    pairing: torch.Generator  # CPD / cross-modal IFV modality pairings
+
+    @classmethod
+    def for_epoch(cls, seed: int, epoch: int) -> Draws:
+        base = seed * 7919 + epoch
+        return cls(torch.Generator().manual_seed(base), torch.Generator().manual_seed(base + 104_729))
 
 
 def _inputs(batch: dict, modalities) -> dict:
@@ -59,12 +77,12 @@ class Supervised:
     def train(self) -> None:
         self.model.train()
 
-    def training_step(self, batch: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: dict, draws: Draws) -> dict[str, torch.Tensor]:
         out = self.net(_inputs(batch, self.model.modalities), batch["present"], self.cfg.train.protocol)
         ce = segmentation_loss(self.cfg, out.logits, batch["label"])
         return {"loss": ce, "ce": ce.detach()}
 
-    def after_step(self, batch: dict, gen: torch.Generator, lr: float) -> dict[str, float]:
+    def after_step(self, batch: dict, draws: Draws, lr: float) -> dict[str, float]:
         return {}
 
     def sync_gradients(self) -> None:
@@ -85,9 +103,13 @@ class Distiller(Supervised):
     frozen full-modality teacher with L_hp = L_CE + lambda L_KL + alpha L_cp + beta L_ifv; with
     `feedback`, the teacher's non-primary encoders learn back from the student (L_CE + L_ifv)."""
 
-    def __init__(self, cfg: Config, model: nn.Module, teacher: nn.Module, ctx=None):
+    def __init__(self, cfg: Config, model: nn.Module, teacher: nn.Module, ctx=None,
+                 loss_weights: dict[str, float] | None = None):
         super().__init__(cfg, model, ctx)
         self.d = cfg.distill
+        # lambda, alpha, beta: the config's numbers, or those the gradient_share rule chose (workbench.weighting)
+        self.weights = {"kd": self.d.kd_weight, "cp": self.d.cp_weight, "ifv": self.d.ifv_weight}
+        self.weights |= {k: float(v) for k, v in (loss_weights or {}).items() if k in self.weights}
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -108,7 +130,9 @@ class Distiller(Supervised):
         self.model.train()
         self.teacher.eval()
 
-    def training_step(self, batch: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def terms(self, batch: dict, draws: Draws, record_teacher_graph: bool = False) -> tuple[dict, dict]:
+        """The unweighted loss terms of a step with their graphs (ce; kd, cp, ifv where their weight is
+        not 0), and what the step needs besides them (the dropout mask, ASM's choice, both outputs)."""
         d, mods = self.d, self.model.modalities
         inputs, labels = _inputs(batch, mods), batch["label"]
         b, m, k = labels.shape[0], len(mods), self.model.num_classes
@@ -116,9 +140,9 @@ class Distiller(Supervised):
         if d.dropout == "none":
             present = batch["present"]
         else:
-            present = L.anymodal_dropout(b, m, gen, d.dropout).to(labels.device) & batch["present"]
+            present = L.anymodal_dropout(b, m, draws.dropout, d.dropout).to(labels.device) & batch["present"]
             present[~present.any(1)] = batch["present"][~present.any(1)]
-        if d.feedback:  # one teacher forward serves both steps: record its graph for the feedback step
+        if record_teacher_graph:  # one teacher forward serves both steps: record its graph for the feedback step
             for p in self._teacher_encoder_params():
                 p.requires_grad_(True)
             with torch.enable_grad():
@@ -128,39 +152,57 @@ class Distiller(Supervised):
                 t_out = self.teacher(inputs, batch["present"], "drop")
         s_out = self.net(inputs, present, self.cfg.train.protocol)
 
-        out = {"ce": segmentation_loss(self.cfg, s_out.logits, labels)}
-        total = out["ce"]
-        if d.kd_weight > 0:
-            out["kd"] = L.kd_loss(s_out.logits, t_out.logits, labels, d.kd_temperature, d.kd_reduction)
-            total = total + d.kd_weight * out["kd"]
+        terms = {"ce": segmentation_loss(self.cfg, s_out.logits, labels)}
+        if self.weights["kd"] > 0:
+            kd_labels = labels if d.option("kd_pixels") == "valid" else None
+            terms["kd"] = L.kd_loss(s_out.logits, t_out.logits, kd_labels, d.kd_temperature, d.kd_reduction)
         sim = L.asm_similarity(t_out.features, t_out.fused, d.asm_stage, mods)  # (B, M), teacher full modality
         primary = L.asm_primary(sim)
-        if d.cp_weight > 0:
-            pairs = L.cpd_pairs(b, m, gen, d.cp_pairing).to(labels.device)
-            out["cp"] = L.cpd_loss(s_out.features, t_out.features, labels, k, pairs, d.stages, d.cp_divergence,
-                                   d.cp_temperature, received=present, modalities=mods)
-            total = total + d.cp_weight * out["cp"]
-        if d.ifv_weight > 0:
+        if self.weights["cp"] > 0:
+            pairs = L.cpd_pairs(b, m, draws.pairing, d.option("cp_pairing"), num_stages=len(d.stages))
+            terms["cp"] = L.cpd_loss(s_out.features, t_out.features, labels, k, pairs.to(labels.device), d.stages,
+                                     d.cp_divergence, d.cp_temperature, received=present, modalities=mods,
+                                     prototypes=d.option("cp_prototypes"), aggregation=d.aggregation)
+        if self.weights["ifv"] > 0:
             pairs = None
             mask = present & primary if d.ifv_modalities == "primary" else present
             if d.ifv_modalities == "cross":
-                pairs = L.cpd_pairs(b, m, gen, "derangement" if m > 1 else "same").to(labels.device)
-            out["ifv"] = L.ifv_loss(s_out.features, t_out.features, labels, k, mask, d.stages, d.ifv_divergence,
-                                    d.ifv_temperature, pairs=pairs, modalities=mods)
-            total = total + d.ifv_weight * out["ifv"]
-        out = {"loss": total, **{key: v.detach() for key, v in out.items()}}
+                pairs = L.cpd_pairs(b, m, draws.pairing, "derangement" if m > 1 else "same").to(labels.device)
+            terms["ifv"] = L.ifv_loss(s_out.features, t_out.features, labels, k, mask, d.stages,
+                                      d.option("ifv_divergence"), d.ifv_temperature, pairs=pairs, modalities=mods,
+                                      aggregation=d.aggregation)
+        return terms, {"present": present, "primary": primary, "sim": sim, "teacher_out": t_out, "student_out": s_out}
 
+    def training_step(self, batch: dict, draws: Draws) -> dict[str, torch.Tensor]:
+        terms, aux = self.terms(batch, draws, record_teacher_graph=self.d.feedback)
+        total = terms["ce"] + sum(self.weights[name] * t for name, t in terms.items() if name != "ce")
+        out = {"loss": total, **{key: v.detach() for key, v in terms.items()}}
+        present, primary, mods = aux["present"], aux["primary"], self.model.modalities
         self.counts["primary"] += primary.float().sum(0).cpu()
         self.counts["kept"] += present.float().sum(0).cpu()
-        self.counts["samples"] += b
+        self.counts["samples"] += present.shape[0]
         for j, name in enumerate(mods):
             out[f"primary/{name}"] = primary[:, j].float().mean()
-        if d.feedback:  # kept for the feedback step after the student's optimizer step
-            self._cache = {"sim": sim, "present": present, "teacher_out": t_out,
-                           "student_features": {n: [f.detach() for f in fs] for n, fs in s_out.features.items()}}
+        if self.d.feedback:  # kept for the feedback step after the student's optimizer step
+            self._cache = {"sim": aux["sim"], "present": present, "teacher_out": aux["teacher_out"],
+                           "student_features": {n: [f.detach() for f in fs]
+                                                for n, fs in aux["student_out"].features.items()}}
         return out
 
-    def after_step(self, batch: dict, gen: torch.Generator, lr: float) -> dict[str, float]:
+    def term_gradient_norms(self, batch: dict, draws: Draws) -> dict[str, float]:
+        """The L2 norm of the gradient that each unweighted term sends into the student's encoders, on
+        one batch (no optimizer step; the torch RNG state is restored): what `gradient_share` weighs."""
+        rng = torch.get_rng_state()
+        params = list({id(p): p for n in self.model.modalities for p in self.model.encoder(n).parameters()}.values())
+        terms, _ = self.terms(batch, draws)
+        norms = {}
+        for name, t in terms.items():
+            grads = torch.autograd.grad(t, params, retain_graph=True, allow_unused=True)
+            norms[name] = math.sqrt(sum(float(g.detach().double().square().sum()) for g in grads if g is not None))
+        torch.set_rng_state(rng)
+        return norms
+
+    def after_step(self, batch: dict, draws: Draws, lr: float) -> dict[str, float]:
         """Feedback (student -> teacher): one step on the teacher's non-primary encoders."""
         if not self.d.feedback:
             return {}
@@ -178,7 +220,8 @@ class Distiller(Supervised):
         mask = (~primary_b.to(labels.device))[None].expand(labels.shape[0], -1) & self._cache["present"]
         ce = segmentation_loss(self.cfg, t_out.logits, labels)
         ifv = L.ifv_loss(t_out.features, self._cache["student_features"], labels, self.teacher.num_classes, mask,
-                         self.d.stages, self.d.ifv_divergence, self.d.ifv_temperature, modalities=mods)
+                         self.d.stages, self.d.option("ifv_divergence"), self.d.ifv_temperature, modalities=mods,
+                         aggregation=self.d.aggregation)
         loss = ce + ifv
         self.teacher_opt.zero_grad(set_to_none=True)
         params = [p for n in trainable for p in self.teacher.encoder(n).parameters()]
@@ -211,20 +254,24 @@ class Distiller(Supervised):
         return logs
 
     def state_dict(self) -> dict:
-        state = {"teacher": self.teacher.state_dict()}
+        state = {"teacher": self.teacher.state_dict(), "weights": dict(self.weights)}
         if self.teacher_opt is not None:
             state["teacher_opt"] = self.teacher_opt.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         load_state_strict(self.teacher, state["teacher"], "teacher")
+        self.weights |= state.get("weights", {})  # a resumed run keeps the weights it started with
         if self.teacher_opt is not None:
             self.teacher_opt.load_state_dict(state["teacher_opt"])
 
 
-def build_method(cfg: Config, train_ds, device: torch.device, ctx=None, teacher_checkpoint=None) -> Supervised:
-    """The method `cfg` describes, with its models on `device`. A student is initialized from the
-    teacher's weights ("initialized identically"); the teacher comes from `teacher_checkpoint`."""
+def build_method(cfg: Config, train_ds, device: torch.device, ctx=None, teacher_checkpoint=None,
+                 loss_weights: dict[str, float] | None = None) -> Supervised:
+    """The method `cfg` describes, with its models on `device`; the teacher comes from `teacher_checkpoint`.
+    The student starts as the trained teacher (`distill.student_init=from_teacher`, "initialized
+    identically") or from the same initial weights the teacher started from (`same_init`: the model is
+    built from the same seed in the same order as in the teacher's run)."""
     model = build_model(cfg.model, train_ds.modalities, train_ds.num_classes)
     if not cfg.distill.enabled:
         return Supervised(cfg, model.to(device), ctx)
@@ -236,5 +283,6 @@ def build_method(cfg: Config, train_ds, device: torch.device, ctx=None, teacher_
     if teacher.modalities != tuple(train_ds.modalities):
         raise ConfigError(f"teacher modalities {teacher.modalities} differ from the data's {train_ds.modalities}; "
                           f"distil from a teacher trained on the same modalities")
-    load_state_strict(model, teacher.state_dict(), "student (initialized from the teacher)")
-    return Distiller(cfg, model.to(device), teacher, ctx)
+    if cfg.distill.student_init == "from_teacher":
+        load_state_strict(model, teacher.state_dict(), "student (initialized from the teacher)")
+    return Distiller(cfg, model.to(device), teacher, ctx, loss_weights)

@@ -25,7 +25,12 @@ Amp = Literal["auto", "bf16", "off"]
 # distillation (docs/METHOD.md, "Losses")
 DropoutMode = Literal["sample", "batch", "none"]  # Anymodal Dropout per sample, per batch, or off
 KDReduction = Literal["element", "pixel"]  # KL mean over B*K*H*W elements (public code) or over pixels
-Pairing = Literal["permutation", "derangement", "same"]  # CPD modality pairing
+Pairing = Literal["permutation", "derangement", "same", "iid"]  # CPD pairing; iid: the public code's draw
+Aggregation = Literal["sum", "mean"]  # L_cp, L_ifv: sum over stages and modalities, 1/B (paper), or a mean
+Conventions = Literal["paper", "public"]  # one switch for the paper's or the public code's conventions
+KDPixels = Literal["valid", "all"]  # L_KL over labelled pixels (paper) or every pixel (public code)
+StudentInit = Literal["from_teacher", "same_init"]  # the student starts as the trained teacher, or as it began
+Weighting = Literal["paper", "gradient_share"]  # loss weights: fixed numbers, or set from gradient shares
 ProtoDivergence = Literal["kl_class", "cosine"]
 Prototypes = Literal["masked", "public"]  # absent classes masked out, or the public code's zero rows
 IFVModalities = Literal["primary", "all", "cross"]

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from workbench import weighting as W
 from workbench.checkpoint import atomic_write_text, load_checkpoint
 from workbench.config import Config, apply_overrides, preset
 from workbench.data import Collate, dataset_from_config
@@ -133,18 +134,36 @@ class Run:
         if teacher is not None and self.config.distill.teacher is None:
             teacher.ensure(progress=progress)
         teacher_checkpoint = teacher.checkpoint if teacher is not None else None
-        log.info("training %s", self)
+        lw = self.loss_weights(progress)
+        weights = lw.as_dict() if lw is not None else None
+        log.info("training %s%s", self, f" with {W.describe(weights, lw.norms)} (gradient_share)" if lw else "")
         if not (retrain and self.dir.exists()):
-            train(self.config, self.dir, resume=True, progress=progress, teacher_checkpoint=teacher_checkpoint)
+            train(self.config, self.dir, resume=True, progress=progress, teacher_checkpoint=teacher_checkpoint,
+                  loss_weights=weights)
             return self
         fresh, old = self.dir.with_name(f".{self.dir.name}.retrain"), self.dir.with_name(f".{self.dir.name}.old")
         shutil.rmtree(fresh, ignore_errors=True)
-        train(self.config, fresh, resume=False, progress=progress, teacher_checkpoint=teacher_checkpoint)
+        train(self.config, fresh, resume=False, progress=progress, teacher_checkpoint=teacher_checkpoint,
+              loss_weights=weights)
         shutil.rmtree(old, ignore_errors=True)
         os.replace(self.dir, old)
         os.replace(fresh, self.dir)
         shutil.rmtree(old, ignore_errors=True)
         return self
+
+    def loss_weights(self, progress: bool = False) -> W.LossWeights | None:
+        """The weights the `gradient_share` rule chose for this run (None under `weighting=paper`):
+        measured once at the probe point (`workbench.weighting`), a short cached run of its own."""
+        d = self.config.distill
+        if not d.enabled or d.weighting == "paper":
+            return None
+        teacher = self.teacher
+        if d.teacher is None:
+            teacher.ensure(progress=progress)
+        probe = Run.from_config(W.probe_config(self.config)).ensure(progress=progress)
+        key = {"split": "train", "which": "model", "measure": W.measure_config(self.config).to_dict()}
+        return probe._cached("weights", key, lambda: W.measure(self.config, probe.checkpoint, teacher.checkpoint),
+                             W.LossWeights.from_state)
 
     def _require(self) -> None:
         if not self.done:

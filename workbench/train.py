@@ -31,7 +31,8 @@ from workbench.data import Collate, dataset_from_config
 from workbench.distributed import DistContext, EpochSampler, ShardSampler
 from workbench.errors import CheckpointError, ConfigError, TrainingDiverged
 from workbench.evaluate import evaluate_combinations
-from workbench.methods import build_method
+from workbench.methods import Draws, build_method
+from workbench.weighting import shares
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,10 @@ def _jsonable(logs: dict) -> dict:
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          teacher_checkpoint: str | Path | None = None) -> TrainResult:
+          teacher_checkpoint: str | Path | None = None, loss_weights: dict[str, float] | None = None) -> TrainResult:
     """Train `cfg` into `run_dir` (checkpoints `last.pt`, `final.pt`; `metrics.jsonl`; config and
-    run info). `resume=True` continues from `last.pt` to exactly the result of an uninterrupted run."""
+    run info). `resume=True` continues from `last.pt` to exactly the result of an uninterrupted run.
+    `loss_weights` ({"kd", "cp", "ifv"}) replace the config's lambda, alpha, beta (workbench.weighting)."""
     run_dir = Path(run_dir)
     ctx = DistContext.from_env(cfg.train.device)
     device = resolve_device(cfg.train.device, ctx)
@@ -111,7 +113,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                             ctx.world_size), num_workers=cfg.data.num_workers, collate_fn=collate)
 
     # the method owns the models and the losses of a step (workbench.methods); this loop owns the rest
-    method = build_method(cfg, train_ds, device, ctx, teacher_checkpoint)
+    method = build_method(cfg, train_ds, device, ctx, teacher_checkpoint, loss_weights)
     optimizer = torch.optim.AdamW(param_groups(method.model, cfg.train.weight_decay), lr=cfg.train.lr)
     total = cfg.train.epochs * len(loader)
     if cfg.train.max_steps is not None:
@@ -137,7 +139,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
-    info = write_run_info(run_dir, cfg.to_json()) if ctx.is_main else {}
+    weights = getattr(method, "weights", None)
+    info = write_run_info(run_dir, cfg.to_json(), {"loss_weights": weights} if weights else None) if ctx.is_main else {}
     if ctx.is_main:  # metrics.jsonl mirrors the checkpoint's history, so a resumed run never holds stale lines
         atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
@@ -162,7 +165,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             break
         train_ds.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + epoch)  # dropout subsets, CPD pairs
+        draws = Draws.for_epoch(cfg.train.seed, epoch)  # dropout subsets, CPD pairs: the same for every method
         method.train()
         bar = tqdm(loader, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
                    disable=not (progress and ctx.is_main), dynamic_ncols=True)
@@ -171,7 +174,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             batch = move_batch(batch, device, channels_last)
             # forward: the method's named losses for this batch ("loss" is the total to back-propagate)
             with autocast():
-                losses = method.training_step(batch, gen)
+                losses = method.training_step(batch, draws)
             # a non-finite loss stops training before it can touch the weights
             if not torch.isfinite(losses["loss"].detach()):
                 named = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
@@ -191,7 +194,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             scheduler.step()
             # the method's work after the step (RobustSeg: the feedback step on the teacher)
             with autocast():
-                extra = method.after_step(batch, gen, lr=optimizer.param_groups[0]["lr"])
+                extra = method.after_step(batch, draws, lr=optimizer.param_groups[0]["lr"])
             # log
             step += 1
             seen += batch["label"].shape[0] * ctx.world_size
@@ -214,6 +217,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             last_val = {"step": step, "epoch": epoch + 1, "val/miou_full": res.full(cfg.train.protocol),
                         "val/emm": res.emm(cfg.train.protocol), "val/worst": res.worst(cfg.train.protocol)[1]}
             last_val.update({f"val/{k}": v for k, v in method.validation_logs().items()})
+            if hasattr(method, "term_gradient_norms"):  # what each term sends into the student's encoders
+                norms = method.term_gradient_norms(batch, Draws.for_epoch(cfg.train.seed + 1_000_003, epoch))
+                last_val.update({f"val/grad/{k}": v for k, v in norms.items()})
+                last_val.update({f"val/share/{k}": v for k, v in shares(norms, method.weights).items()})
             record(last_val)
         if ctx.is_main:
             log.info("%s epoch %d/%d: step %d, loss %.4f, %.1f img/s%s", cfg.name, epoch + 1, cfg.train.epochs, step,

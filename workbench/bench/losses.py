@@ -87,14 +87,15 @@ def loop_ifv_map(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
 def loop_cpd_loss(student_feats: Features, teacher_feats: Features, labels: torch.Tensor, num_classes: int,
                   pairs: torch.Tensor, stages: Sequence[int] = (0, 1, 2, 3), kind: str = "kl_class",
                   temperature: float = 1.0, received: torch.Tensor | None = None,
-                  ignore_index: int = IGNORE) -> torch.Tensor:
-    """L_cp with a loop over stages, samples, modalities and (inside the prototypes) classes."""
+                  ignore_index: int = IGNORE, aggregation: str = "sum") -> torch.Tensor:
+    """L_cp with a loop over stages, samples, modalities and (inside the prototypes) classes. `pairs`
+    (B, M), or (B, S, M) with one pairing per stage; `sum`: total / B, `mean`: total / number of terms."""
     names = list(student_feats)
     total, count, tau = 0.0, 0, temperature
-    for i in stages:
+    for j, i in enumerate(stages):
         for s in range(labels.shape[0]):
             for m in range(len(names)):
-                src = int(pairs[s, m])
+                src = int(pairs[s, j, m]) if pairs.dim() == 3 else int(pairs[s, m])
                 if received is not None and not bool(received[s, src]):
                     continue
                 ps, present = loop_class_prototypes(student_feats[names[src]][i][s:s + 1], labels[s:s + 1],
@@ -111,14 +112,15 @@ def loop_cpd_loss(student_feats: Features, teacher_feats: Features, labels: torc
                 else:
                     d = (1 - F.cosine_similarity(a, t, dim=1)).mean()
                 total, count = total + d, count + 1
-    return total / max(count, 1)
+    return total / (labels.shape[0] if aggregation == "sum" else max(count, 1))
 
 
 def loop_ifv_loss(student_feats: Features, teacher_feats: Features, labels: torch.Tensor, num_classes: int,
                   modalities_mask: torch.Tensor, stages: Sequence[int] = (0, 1, 2, 3), kind: str = "kl_spatial",
                   temperature: float = 2.0, pairs: torch.Tensor | None = None,
-                  ignore_index: int = IGNORE) -> torch.Tensor:
-    """L_ifv with a loop over stages, samples, modalities and classes; `kl_width` as the public code."""
+                  ignore_index: int = IGNORE, aggregation: str = "sum") -> torch.Tensor:
+    """L_ifv with a loop over stages, samples, modalities and classes; `kl_width` as the public code;
+    `sum`: total / B, `mean`: total / number of terms."""
     names = list(student_feats)
     total, count, tau = 0.0, 0, temperature
     for i in stages:
@@ -140,7 +142,7 @@ def loop_ifv_loss(student_feats: Features, teacher_feats: Features, labels: torc
                     d = F.kl_div(F.log_softmax(ms[None] / tau, -1), F.softmax(mt[None] / tau, -1),
                                  reduction="batchmean") * tau * tau
                 total, count = total + d, count + 1
-    return total / max(count, 1)
+    return total / (labels.shape[0] if aggregation == "sum" else max(count, 1))
 
 
 def loop_asm_similarity(features: Features, fused: Sequence[torch.Tensor], stage: str = "last") -> torch.Tensor:

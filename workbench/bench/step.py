@@ -17,14 +17,14 @@ from torch.utils.data import DataLoader
 
 from workbench.config import apply_overrides, preset
 from workbench.data import Collate, dataset_from_config
-from workbench.methods import Distiller, Supervised
+from workbench.methods import Distiller, Draws, Supervised
 from workbench.models import build_model
 from workbench.train import move_batch, param_groups
 
 
 def _step_time(method, batch, steps: int, warmup: int) -> float:
     opt = torch.optim.AdamW(param_groups(method.model, 0.01), lr=1e-4)
-    gen = torch.Generator().manual_seed(0)
+    gen = Draws.for_epoch(0, 0)
     method.train()
     times = []
     for i in range(warmup + steps):

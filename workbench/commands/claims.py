@@ -1,0 +1,32 @@
+"""`python -m workbench claims`: the paper's claims as paired-seed comparisons, with verdicts."""
+
+from __future__ import annotations
+
+import argparse
+
+from workbench.commands.common import add_quiet
+from workbench.config import PROFILES
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Train (or reuse) the ablation rows at every seed and print, per claim of the paper and "
+                     "protocol, the paired difference with its 95%% CI, the smallest difference the design "
+                     "can detect, the paper's difference and a verdict (reproduced / contradicted / "
+                     "inconclusive at this power).")
+    p.add_argument("--profile", default="quick", help=f"the scale: {', '.join(PROFILES)}")
+    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated training seeds (the pairing unit)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override applied to every row, e.g. --set distill.weighting=gradient_share")
+    p.add_argument("--split", default="test", help="the split the rows are scored on")
+    p.add_argument("--out", default=None, help="CSV path (default figures/claims_<profile>.csv)")
+    add_quiet(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from workbench.claims import format_claims, run_claims
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = run_claims(args.profile, seeds, overrides=args.set, split=args.split, out=args.out,
+                      progress=not args.quiet)
+    print(format_claims(rows))
+    return 0
