@@ -43,10 +43,10 @@ from workbench.data import DATASETS, Collate, dataset_from_config, denormalize
 from workbench.data.real import RealDataset
 from workbench.data.transforms import IGNORE_INDEX, RGB_KEYS
 from workbench.errors import CheckpointError, DataError, MissingFile, UnknownName
-from workbench.evaluate import combo_name, confusion_matrix, miou, pixel_argmax, predict_combinations
+from workbench.evaluate import combo_name, confusion_matrix, miou
 from workbench.options import Protocol, Which, check
 from workbench.plotting import colorize, error_image, modality_image, save_png, tile_images
-from workbench.samples import error_map
+from workbench.samples import error_map, predict_subsets
 from workbench.tables import write_csv
 
 log = logging.getLogger(__name__)
@@ -208,31 +208,6 @@ def check_files(ds) -> None:
 
 
 # ---------------------------------------------------------------- prediction
-@torch.no_grad()
-def predict_subsets(model, inputs: dict, subsets: Sequence[tuple[str, ...]], protocol: Protocol = "drop",
-                    one_pass: bool | None = None) -> dict[tuple[str, ...], torch.Tensor]:
-    """Class maps (B, H, W) of a normalized batch for each modality subset. `one_pass=None`: the one-pass
-    engine for several subsets of a `Segmentor`, one forward per subset otherwise."""
-    from workbench.models import Segmentor
-
-    mods = tuple(model.modalities)
-    x0 = inputs[mods[0]]
-    b, (h, w) = x0.shape[0], x0.shape[-2:]
-    subsets = [tuple(s) for s in subsets]
-    if one_pass is None:
-        one_pass = isinstance(model, Segmentor) and len(subsets) > 1
-    out = {}
-    if one_pass:
-        for _, part, logits in predict_combinations(model, inputs, (protocol,), subsets, chunk=len(subsets)):
-            pred = pixel_argmax(logits).view(len(part), b, h, w)
-            out |= {c: pred[i].cpu() for i, c in enumerate(part)}
-        return out
-    for s in subsets:
-        present = torch.tensor([[m in s for m in mods]] * b, device=x0.device)
-        out[s] = model(inputs, present, protocol).logits.argmax(1).cpu()
-    return out
-
-
 def _sample_name(meta: dict, split: str, index: int) -> str:
     name = str(meta.get("file") or f"{split}/{index:06d}")
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or f"{split}_{index:06d}"
