@@ -453,3 +453,30 @@ def plot_state_grid(outputs: Sequence[tuple[str, dict]], palette, title: str = "
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return fig
+
+def plot_comparison_grid(rows: Sequence[tuple[str, dict[str, dict]]], palette, title: str = ""):
+    """One row per input state, several models side by side: every modality as the models saw it, the
+    label, then each model's prediction and errors; each model's sample mIoU at the row's left.
+    `rows`: (state name, {model name: sample output with inputs, label, pred, error, miou})."""
+    first = rows[0][1]
+    models = list(first)
+    mods = list(next(iter(first.values()))["inputs"])
+    heads = [*mods, "label"] + [f"{k}\n{h}" for k in models for h in ("prediction", "errors")]
+    ncols = len(heads)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.3 * ncols, 1.4 * len(rows) + 0.4), squeeze=False)
+    for r, (name, outs) in enumerate(rows):
+        ref = outs[models[0]]
+        ims = [modality_image(ref["inputs"][m]) for m in mods] + [colorize(ref["label"], palette)]
+        for k in models:
+            ims += [colorize(outs[k]["pred"], palette), error_image(outs[k]["error"])]
+        for c, (img, head) in enumerate(zip(ims, heads)):
+            ax = axes[r, c]
+            ax.imshow(img)
+            _off(ax)
+            if r == 0:
+                ax.set_title(head, fontsize=7)
+        scores = "\n".join(f"{k} {outs[k]['miou']:.1f}" for k in models)
+        axes[r, 0].set_ylabel(f"{name}\n{scores}", fontsize=6.5, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    return fig

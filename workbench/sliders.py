@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -46,7 +47,8 @@ from workbench.samples import (
 
 __all__ = ["Degradation", "DEGRADATIONS", "gaussian_noise", "salt_and_pepper", "pixel_dropout", "gaussian_blur",
            "degrade", "ModalityState", "InputState", "build_inputs", "SamplePredictor", "slider_states",
-           "legend_html", "contributions_html", "SliderApp"]
+           "legend_html", "contributions_html", "SliderApp", "REDUCED_QUICK", "classroom_runs", "comparison",
+           "served_by_voila"]
 
 
 @dataclass(frozen=True)
@@ -489,3 +491,59 @@ class SliderApp:
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
+
+
+# ---------------------------------------------------------------- the runs the apps compare
+# What the classroom trains when the quick runs are not cached: the quick profile with a quarter of its
+# training images (half the samples, 6 of 10 epochs: 30% of the steps), for a page that trains its own runs.
+REDUCED_QUICK = {"data.train_samples": 192, "train.epochs": 6}
+
+
+def classroom_runs(profile: str = "quick", method: str = "robustseg", seed: int = 0, overrides=None,
+                   reduced: dict | None = None, progress: bool = True):
+    """(baseline, student, note): the run of `method` at `profile` and its teacher (the baseline: all
+    modalities, CE), trained if missing. With `reduced` (e.g. `REDUCED_QUICK`) and runs that are not both
+    cached, the profile with those overrides is used instead (trained now, with a progress bar). `note`
+    says in words which runs these are and whether they were trained here."""
+    from workbench.runs import Run
+
+    overrides = dict(overrides or {})
+    student = Run.of(method, profile, seed, overrides)
+    cached = student.done and student.teacher.done
+    what = f"{profile} profile, seed {seed}"
+    if not cached and reduced:
+        student = Run.of(method, profile, seed, {**overrides, **reduced})
+        cached = student.done and student.teacher.done
+        size = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in reduced.items())
+        what = (f"{profile} profile reduced to {size}, seed {seed} (the {profile} runs that `make suite` writes "
+                f"were not found)")
+    student.ensure(progress=progress)
+    baseline = student.teacher
+    note = (f"{what}: baseline run {baseline.name}, {method} run {student.name}"
+            + ("" if cached else " (trained just now)"))
+    return baseline, student, note
+
+
+def comparison(baseline, student, split: str = "test", device: str = "auto", seed: int = 0, index: int = 0,
+               samples: Sequence[tuple[str, int]] | None = None, header: str = "", progress: bool = False,
+               app: bool = True):
+    """The baseline and the student (`workbench.runs.Run`s) on the same sample, each with its split's
+    all-combination evaluation (cached beside the run) for the split mIoU: a `SliderApp`, or with
+    `app=False` the predictors {"baseline": ..., <method>: ...} (for static grids)."""
+    from workbench.samples import class_info
+
+    method = student.config.name
+    preds = {"baseline": SamplePredictor(baseline.model("model", device), baseline.config, split, index, seed,
+                                         baseline.evaluation(split, device=device, progress=progress)),
+             method: SamplePredictor(student.model("model", device), student.config, split, index, seed,
+                                     student.evaluation(split, device=device, progress=progress))}
+    if not app:
+        return preds
+    classes, palette = class_info(student.config, split)
+    titles = {"baseline": "baseline (trained with all modalities)", method: f"{method} (student)"}
+    return SliderApp(preds, classes, palette, samples=samples, titles=titles, header=header)
+
+
+def served_by_voila() -> bool:
+    """Whether this kernel runs a page served by Voila (which starts kernels with SERVER_SOFTWARE=voila/...)."""
+    return os.environ.get("SERVER_SOFTWARE", "").startswith("voila/")
