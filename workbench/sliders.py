@@ -48,7 +48,7 @@ from workbench.samples import (
 __all__ = ["Degradation", "DEGRADATIONS", "gaussian_noise", "salt_and_pepper", "pixel_dropout", "gaussian_blur",
            "degrade", "ModalityState", "InputState", "build_inputs", "SamplePredictor", "slider_states",
            "legend_html", "contributions_html", "SliderApp", "REDUCED_QUICK", "classroom_runs", "comparison",
-           "served_by_voila"]
+           "served_by_voila", "prepare_classroom"]
 
 
 @dataclass(frozen=True)
@@ -547,3 +547,15 @@ def comparison(baseline, student, split: str = "test", device: str = "auto", see
 def served_by_voila() -> bool:
     """Whether this kernel runs a page served by Voila (which starts kernels with SERVER_SOFTWARE=voila/...)."""
     return os.environ.get("SERVER_SOFTWARE", "").startswith("voila/")
+
+
+def prepare_classroom(profile: str = "quick", method: str = "robustseg", seed: int = 0, split: str = "test",
+                      progress: bool = True) -> str:
+    """What `make demo` does before it serves the classroom page: the page's runs (cached, or trained now
+    with progress bars; see `classroom_runs`) and their split evaluations, so the page opens at once.
+    Returns the note that says which runs these are."""
+    reduced = REDUCED_QUICK if profile == "quick" else None
+    baseline, student, note = classroom_runs(profile, method, seed, reduced=reduced, progress=progress)
+    for run in (baseline, student):
+        run.evaluation(split, progress=progress)
+    return note
