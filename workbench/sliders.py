@@ -319,12 +319,16 @@ def contributions_html(contrib: dict[str, dict[str, float]], modalities: Sequenc
         width = min(120, abs(v) / scale * 120)
         colour = "#2a7ab9" if v >= 0 else "#c0392b"
         bar = f"<span style='display:inline-block;height:10px;width:{width:.0f}px;background:{colour}'></span>"
-        rows.append(f"<tr><td>{html.escape(m)}</td><td style='width:130px'>{bar}</td><td>{v:+.1f}</td>"
-                    f"<td style='color:#555'>{-drop:+.1f}</td></tr>")
+        rows.append(f"<tr><td>{html.escape(m)}</td><td style='width:125px'>{bar}</td>"
+                    f"<td style='text-align:right'>{v:+.1f}</td>"
+                    f"<td style='text-align:right;color:#555;padding-left:14px'>{-drop:+.1f}</td></tr>")
     head = ("<tr><th></th><th colspan=2 title='Shapley value of the modality on this sample: the values add up "
             "to the sample mIoU'>Shapley</th><th title='change of the sample mIoU when this modality alone is "
             "switched off'>if off</th></tr>")
-    return f"<table style='font-size:0.85em'>{head}{''.join(rows)}</table>"
+    note = ("<div style='font-size:0.8em;color:#555;max-width:330px'>Shapley: how much of this sample's mIoU each "
+            "sensor carries (the values add up to it); if off: how the sample's mIoU changes when that sensor alone "
+            "is switched off.</div>")
+    return f"<b>per-sensor contributions on this sample</b><table style='font-size:0.85em'>{head}{''.join(rows)}</table>{note}"
 
 
 class SliderApp:
