@@ -229,6 +229,18 @@ def voila(notebook: Path):
                 proc.wait()
 
 
+def _trim(png: Path, margin: int = 16) -> None:
+    """Cut the blank rows below a page's content off a screenshot."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(png) as im:
+        a = np.asarray(im.convert("RGB"))
+    rows = np.nonzero((a < 250).any(axis=(1, 2)))[0]
+    if len(rows):
+        Image.fromarray(a[:min(len(a), rows[-1] + margin)]).save(png)
+
+
 def drive_classroom(root: Path, profile: str, screenshot: Path) -> dict:
     """Open the classroom page (a copy of notebook 09 at `profile`) in headless Chromium, switch RGB off,
     move the depth level slider, check that both models' predictions and mIoU values change each time,
@@ -256,10 +268,11 @@ def drive_classroom(root: Path, profile: str, screenshot: Path) -> dict:
             shown2 = _wait_for_change(page, shown1, "moving the depth noise slider")
             assert "rgb off" in page.locator(".wb-info").inner_text()
             assert "Runs" in page.inner_text("body") and f"{profile} profile" in page.inner_text("body")
-            page.set_viewport_size({"width": 1400, "height": 2000})  # Voila scrolls inside its page: show it all
+            page.set_viewport_size({"width": 1200, "height": 2400})  # Voila scrolls inside its page: show it all
             page.evaluate("() => window.scrollTo(0, 0)")
             page.wait_for_timeout(800)
             page.screenshot(path=str(screenshot), full_page=True)
+            _trim(screenshot)
             return {m: [s[m][0] for s in (shown0, shown1, shown2)] for m in models} | {"screenshot": str(screenshot)}
         except Exception:
             page.screenshot(path=str(screenshot.with_name(screenshot.stem + "_failure.png")), full_page=True)
