@@ -176,7 +176,15 @@ def test_sliders_notebook_in_jupyterlab(tmp_path):
             page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
             page.wait_for_function(r"() => { const e = document.querySelector('.wb-miou-robustseg');"
                                    r" return e && /mIoU: \d/.test(e.textContent); }", timeout=240_000)
+            # the cells after the widget (static grid, predict) run on: wait until every cell has run
+            page.wait_for_function("() => { const w = window.jupyterapp.shell.currentWidget;"
+                                   " const cells = w.content.model.cells;"
+                                   " for (let i = 0; i < cells.length; i++) { const c = cells.get(i);"
+                                   "   if (c.type === 'code' && !c.executionCount) return false; }"
+                                   " return w.sessionContext.session.kernel.status === 'idle'; }", timeout=240_000)
             page.locator(".wb-miou-robustseg").scroll_into_view_if_needed()
+            page.wait_for_function(r"() => /mIoU: \d/.test(document.querySelector('.wb-miou-robustseg').innerText)",
+                                   timeout=30_000)
             shown0 = _shown(page, ["robustseg"])
 
             page.locator(".wb-toggle-rgb").click()  # RGB off
