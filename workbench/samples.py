@@ -154,7 +154,7 @@ def contributions(values: dict[tuple[str, ...], float], present: Sequence[str]) 
 
 # The classroom's curated samples: (what the teacher sees, meta key, value) picked from a split's meta.
 CURATED = (("clear day (sun)", "condition", "sun"), ("night", "condition", "night"), ("fog", "condition", "fog"),
-           ("rain", "condition", "rain"), ("over-exposed camera", "case", "overexposure"),
+           ("over-exposed camera", "case", "overexposure"), ("rain", "condition", "rain"),
            ("under-exposed camera", "case", "underexposure"), ("motion blur", "case", "motionblur"),
            ("LiDAR jitter", "case", "lidarjitter"))
 
