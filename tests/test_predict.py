@@ -132,3 +132,25 @@ def test_errors_name_what_is_wrong(deliver_tree, synthetic_ckpt, tmp_path, capsy
     assert rc == 1 and err.startswith("error: input") and "missing" in err
     assert cli_main(["predict", str(ckpt), "--input", str(root), "--out", str(tmp_path / "o"),
                      "--modalities", "thermal"]) == 2
+
+
+def test_workbench_predict_is_lazy_and_callable():
+    import subprocess
+    import sys
+
+    code = ("import sys, workbench; assert 'torch' not in sys.modules, 'import workbench loads torch'; "
+            "f = workbench.predict; assert callable(f) and 'torch' in sys.modules; "
+            "from workbench.predict import predict; assert workbench.predict is sys.modules['workbench.predict']")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tile_images_places_tiles_and_captions():
+    from workbench.plotting import tile_images
+
+    a = np.zeros((4, 5, 3), np.uint8)
+    b = np.ones((4, 3, 3), np.float32)  # [0, 1] float -> 255
+    out = tile_images([a, b], ["a", "b"], scale=2, gap=4)
+    assert out.shape == (14 + 8, 10 + 4 + 6, 3) and out.dtype == np.uint8
+    assert (out[14:, :10] == 0).all() and (out[14:, 14:] == 255).all() and (out[14:, 10:14] == 255).all()
+    assert (out[:14] < 255).any(), "captions are drawn above the tiles"
+    assert tile_images([a]).shape == (4, 5, 3)

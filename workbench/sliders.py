@@ -222,7 +222,8 @@ class SamplePredictor:
     split's mIoU for the present modalities (from `split_results`, a `CombinationResults` of clean
     inputs, e.g. `Run.evaluation`), and each present modality's contribution on this sample (its Shapley
     value over the present modalities and the drop when it alone is switched off, from every subset of
-    the present ones in one encoder pass). Re-rendered samples are cached per (index, case)."""
+    the present ones in one encoder pass; `all_subsets=False` predicts the present set alone and leaves the
+    contributions out). Re-rendered samples are cached per (index, case)."""
 
     model: torch.nn.Module
     cfg: Config
@@ -257,7 +258,7 @@ class SamplePredictor:
             return None
         return res.miou(protocol, tuple(present))
 
-    def __call__(self, state: InputState, contributions_: bool = True) -> dict:
+    def __call__(self, state: InputState, all_subsets: bool = True) -> dict:
         raw = self.raw(state.case)
         shown, inputs = build_inputs(raw["inputs"], state, self.seed)
         on = tuple(m for m in self.modalities if state.modalities[m].on)
@@ -267,11 +268,11 @@ class SamplePredictor:
         inputs = {m: x.to(dev) for m, x in inputs.items()}
         contrib, values = {}, {}
         if on:
-            combos = subsets(on) if contributions_ else [on]
+            combos = subsets(on) if all_subsets else [on]
             preds = predict_subsets(self.model, inputs, combos, state.protocol)
             values = {c: sample_miou(p[0], label, k) for c, p in preds.items()}
             pred, score = preds[on][0], values[on]
-            if contributions_:
+            if all_subsets:
                 contrib = contributions(values, on)
         else:  # nothing to predict from: shown as unlabelled, every labelled pixel counts as wrong
             pred, score = torch.full_like(label, IGNORE_INDEX), 0.0
