@@ -1,8 +1,11 @@
-"""The sliders notebook in a real front end: JupyterLab on 127.0.0.1 and headless Chromium (Playwright).
+"""The interactive notebooks in a real front end and headless Chromium (Playwright): the sliders notebook
+(06) in JupyterLab and the classroom page (09) served by Voila, both on 127.0.0.1.
 
-Runs every cell, switches RGB off and moves a degradation slider, and checks that the displayed
-prediction and the sample's mIoU change each time; the screenshot goes to WORKBENCH_RUNS/browser/.
-Skipped where Debian's /usr/bin/chromium is missing, except in CI (CI=true), where that is a failure.
+Each test switches RGB off and moves a degradation slider, and checks that the displayed predictions and
+mIoU values change each time (06: RobustSeg's; 09: the baseline's and RobustSeg's); the screenshots go to
+WORKBENCH_RUNS/browser/. Skipped where Debian's /usr/bin/chromium is missing, except in CI (CI=true),
+where that is a failure. `python tests/test_browser.py classroom PROFILE PNG` drives the classroom page on
+the runs in `runs/` (e.g. the quick profile after `make suite`) and saves its screenshot to PNG.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 NOTEBOOK = "06_sliders.ipynb"
+CLASSROOM = "09_classroom.ipynb"
 
 
 def _require_chromium() -> None:
@@ -50,12 +54,12 @@ def _get(url: str, timeout: float = 5.0) -> int:
         return r.status
 
 
-def _smoke_copy(root: Path) -> Path:
-    """A copy of the sliders notebook whose parameters cell says profile = "smoke"."""
-    nb = nbformat.read(REPO_ROOT / "notebooks" / NOTEBOOK, as_version=4)
+def _smoke_copy(root: Path, name: str = NOTEBOOK, profile: str = "smoke") -> Path:
+    """A copy of a notebook whose parameters cell says profile = `profile`."""
+    nb = nbformat.read(REPO_ROOT / "notebooks" / name, as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source = re.sub(r'^profile = .*$', 'profile = "smoke"', cell.source, flags=re.M)
-    dst = root / NOTEBOOK
+    cell.source = re.sub(r'^profile = .*$', f'profile = "{profile}"', cell.source, flags=re.M)
+    dst = root / name
     nbformat.write(nb, dst)
     return dst
 
@@ -113,24 +117,40 @@ def jupyterlab(root: Path):
                     proc.wait()
 
 
-def _miou(page) -> str:
-    return page.locator(".wb-miou").inner_text().strip()
+def _miou(page, model: str = "robustseg") -> str:
+    return page.locator(f".wb-miou-{model}").inner_text().strip()
 
 
-def _prediction(page) -> bytes:
+def _prediction(page, model: str = "robustseg") -> bytes:
     """The prediction image's pixels as displayed (its blob URL changes on every update, so compare pixels)."""
-    return page.locator(".wb-prediction").screenshot()
+    return page.locator(f".wb-prediction-{model}").screenshot()
 
 
-def _wait_for_change(page, before_miou: str, before_pred: bytes, what: str, timeout: float = 60.0) -> tuple[str, bytes]:
+def _shown(page, models) -> dict[str, tuple[str, bytes]]:
+    return {m: (_miou(page, m), _prediction(page, m)) for m in models}
+
+
+def _wait_for_change(page, before: dict[str, tuple[str, bytes]], what: str, timeout: float = 60.0):
+    """Wait until every model's mIoU text and prediction differ from `before`; returns the new values."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         page.wait_for_timeout(300)
-        miou, pred = _miou(page), _prediction(page)
-        if miou != before_miou and pred != before_pred:
-            return miou, pred
-    raise AssertionError(f"after {what}: mIoU {before_miou!r} -> {_miou(page)!r}, prediction changed: "
-                         f"{_prediction(page) != before_pred}; expected both to change")
+        now = _shown(page, before)
+        if all(now[m][0] != before[m][0] and now[m][1] != before[m][1] for m in before):
+            return now
+    now = _shown(page, before)
+    changes = {m: (f"{before[m][0]!r} -> {now[m][0]!r}", now[m][1] != before[m][1]) for m in before}
+    raise AssertionError(f"after {what}: (mIoU, prediction changed) per model {changes}; expected both to change "
+                         f"for every model")
+
+
+def _move_slider(page, css: str, fraction: float) -> float:
+    track = page.locator(f"{css} .noUi-target")
+    track.scroll_into_view_if_needed()
+    box = track.bounding_box()
+    track.click(position={"x": box["width"] * fraction, "y": box["height"] / 2})
+    page.wait_for_timeout(200)
+    return float(page.locator(f"{css} .widget-readout").inner_text())
 
 
 @pytest.mark.slow
@@ -154,26 +174,135 @@ def test_sliders_notebook_in_jupyterlab(tmp_path):
             page.evaluate("async () => { const w = window.jupyterapp.shell.currentWidget;"
                           " await w.sessionContext.ready; }")
             page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            page.wait_for_function(r"() => { const e = document.querySelector('.wb-miou');"
+            page.wait_for_function(r"() => { const e = document.querySelector('.wb-miou-robustseg');"
                                    r" return e && /mIoU: \d/.test(e.textContent); }", timeout=240_000)
-            page.locator(".wb-miou").scroll_into_view_if_needed()
-            miou0, pred0 = _miou(page), _prediction(page)
+            # the cells after the widget (static grid, predict) run on: wait until every cell has run
+            page.wait_for_function("() => { const w = window.jupyterapp.shell.currentWidget;"
+                                   " const cells = w.content.model.cells;"
+                                   " for (let i = 0; i < cells.length; i++) { const c = cells.get(i);"
+                                   "   if (c.type === 'code' && !c.executionCount) return false; }"
+                                   " return w.sessionContext.session.kernel.status === 'idle'; }", timeout=240_000)
+            page.locator(".wb-miou-robustseg").scroll_into_view_if_needed()
+            page.wait_for_function(r"() => /mIoU: \d/.test(document.querySelector('.wb-miou-robustseg').innerText)",
+                                   timeout=30_000)
+            shown0 = _shown(page, ["robustseg"])
 
             page.locator(".wb-toggle-rgb").click()  # RGB off
-            miou1, pred1 = _wait_for_change(page, miou0, pred0, "switching RGB off")
+            shown1 = _wait_for_change(page, shown0, "switching RGB off")
 
-            track = page.locator(".wb-depth-noise .noUi-target")  # depth noise to ~80 % of its range
-            box = track.bounding_box()
-            track.click(position={"x": box["width"] * 0.8, "y": box["height"] / 2})
-            miou2, _ = _wait_for_change(page, miou1, pred1, "moving the depth noise slider")
-            readout = page.locator(".wb-depth-noise .widget-readout").inner_text()
-            assert float(readout) > 0.5, f"the depth noise slider reads {readout}"
+            level = _move_slider(page, ".wb-depth-level", 0.8)  # depth Gaussian noise to ~80 % of its range
+            assert level > 0.5, f"the depth level slider reads {level}"
+            shown2 = _wait_for_change(page, shown1, "moving the depth noise slider")
             assert "rgb off" in page.locator(".wb-info").inner_text()
             page.screenshot(path=str(shots / "sliders.png"), full_page=True)
-            print(json.dumps({"miou": [miou0, miou1, miou2], "screenshot": str(shots / "sliders.png")}))
+            mious = [s["robustseg"][0] for s in (shown0, shown1, shown2)]
+            print(json.dumps({"miou": mious, "screenshot": str(shots / "sliders.png")}))
         except Exception:
             page.screenshot(path=str(shots / "sliders_failure.png"), full_page=True)
             print(f"JupyterLab log ({log_path}):\n{log_path.read_text()[-3000:]}")
             raise
         finally:
             browser.close()
+
+
+@contextlib.contextmanager
+def voila(notebook: Path):
+    """Voila serving `notebook` on a free local port, as `make demo` starts it; stopped on exit."""
+    from workbench.suite import ensure_kernel
+
+    ensure_kernel()  # the python3 kernel is this interpreter (a private spec first on JUPYTER_PATH)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "voila", str(notebook), "--no-browser", "--Voila.ip=127.0.0.1", f"--port={port}",
+           "--Voila.port_retries=0", "--progressive_rendering=True"]
+    log_path = notebook.parent / "voila.log"
+    env = os.environ | {"JUPYTER_CONFIG_DIR": str(notebook.parent / "jupyter-config")}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=notebook.parent,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 90
+            while "Voil" not in log_path.read_text() or "running at" not in log_path.read_text():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"Voila exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Voila did not start in 90 s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield f"http://127.0.0.1:{port}/", log_path
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)  # our own process group (start_new_session): Voila and its kernel
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _trim(png: Path, margin: int = 16) -> None:
+    """Cut the blank rows below a page's content off a screenshot."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(png) as im:
+        a = np.asarray(im.convert("RGB"))
+    rows = np.nonzero((a < 250).any(axis=(1, 2)))[0]
+    if len(rows):
+        Image.fromarray(a[:min(len(a), rows[-1] + margin)]).save(png)
+
+
+def drive_classroom(root: Path, profile: str, screenshot: Path) -> dict:
+    """Open the classroom page (a copy of notebook 09 at `profile`) in headless Chromium, switch RGB off,
+    move the depth level slider, check that both models' predictions and mIoU values change each time,
+    and save a screenshot of the page."""
+    from playwright.sync_api import sync_playwright
+
+    models = ("baseline", "robustseg")
+    notebook = _smoke_copy(root, CLASSROOM, profile)
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    with voila(notebook) as (url, log_path), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url, wait_until="domcontentloaded", timeout=240_000)
+            page.wait_for_function(r"() => [...document.querySelectorAll('.wb-miou-baseline, .wb-miou-robustseg')]"
+                                   r".filter(e => /mIoU: \d/.test(e.textContent)).length == 2", timeout=300_000)
+            assert page.locator(".jp-CodeCell .jp-InputArea, .jp-InputArea-editor, .cm-editor").count() == 0
+            assert "classroom_runs" not in page.inner_text("body"), "the page shows no code"
+            assert "classes:" in page.locator(".wb-legend").inner_text()
+            shown0 = _shown(page, models)
+            page.locator(".wb-toggle-rgb").click()  # RGB off
+            shown1 = _wait_for_change(page, shown0, "switching RGB off")
+            level = _move_slider(page, ".wb-depth-level", 0.8)  # depth Gaussian noise
+            assert level > 0.5, f"the depth level slider reads {level}"
+            shown2 = _wait_for_change(page, shown1, "moving the depth noise slider")
+            assert "rgb off" in page.locator(".wb-info").inner_text()
+            assert "Runs" in page.inner_text("body") and f"{profile} profile" in page.inner_text("body")
+            page.set_viewport_size({"width": 1200, "height": 2400})  # Voila scrolls inside its page: show it all
+            page.evaluate("() => window.scrollTo(0, 0)")
+            page.wait_for_timeout(800)
+            page.screenshot(path=str(screenshot), full_page=True)
+            _trim(screenshot)
+            return {m: [s[m][0] for s in (shown0, shown1, shown2)] for m in models} | {"screenshot": str(screenshot)}
+        except Exception:
+            page.screenshot(path=str(screenshot.with_name(screenshot.stem + "_failure.png")), full_page=True)
+            print(f"Voila log ({log_path}):\n{log_path.read_text()[-3000:]}")
+            raise
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_classroom_page_in_voila(tmp_path):
+    _require_chromium()
+    root = tmp_path / "voila"
+    root.mkdir()
+    result = drive_classroom(root, "smoke", runs_dir() / "browser" / "classroom.png")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":  # python tests/test_browser.py classroom PROFILE PNG
+    import tempfile
+
+    _, what, profile, png = sys.argv
+    assert what == "classroom", "usage: python tests/test_browser.py classroom PROFILE PNG"
+    with tempfile.TemporaryDirectory() as tmp:
+        print(json.dumps(drive_classroom(Path(tmp), profile, Path(png).resolve())))

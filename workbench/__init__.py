@@ -2,7 +2,8 @@
 
 Subpackages: `data` (synthetic benchmark and real loaders), `models` (timm encoders, fusion,
 SegFormer head), `losses` (CE/OHEM, KD, prototypes, IFV, ASM), `train` (the one training loop),
-`evaluate` (all-combination evaluation), `plotting`, `suite` (papermill runner).
+`evaluate` (all-combination evaluation), `plotting`, `suite` (papermill runner); `workbench.predict(...)`
+runs a trained model on a dataset folder or split (`workbench.predict`).
 """
 
 import os
@@ -15,3 +16,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`workbench.predict(checkpoint, input, out, ...)`: imported on first use (the package itself imports no
+    torch); the module `workbench.predict` is callable and calls `workbench.predict.predict`."""
+    if name == "predict":
+        import importlib
+
+        return importlib.import_module("workbench.predict")
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")

@@ -19,6 +19,7 @@ from workbench.errors import WorkbenchError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("workbench.commands.train", "train a preset (cached by config, or into --out), then evaluate it"),
     "evaluate": ("workbench.commands.evaluate", "evaluate a checkpoint on every modality combination"),
+    "predict": ("workbench.commands.predict", "predictions of a checkpoint on a dataset folder or split, as images and CSV"),
     "ablate": ("workbench.commands.ablate", "the paper's ablation rows over seeds, beside the paper's figures"),
     "sweep": ("workbench.commands.sweep", "grid search of config values on the val split"),
     "claims": ("workbench.commands.claims", "the paper's claims as paired-seed differences with CIs and verdicts"),

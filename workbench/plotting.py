@@ -114,6 +114,43 @@ def png_bytes(img: np.ndarray, scale: int = 1) -> bytes:
     Image.fromarray(a).save(buf, format="PNG")
     return buf.getvalue()
 
+def _as_uint8(img) -> np.ndarray:
+    a = np.asarray(img)
+    return a if a.dtype == np.uint8 else (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
+
+def save_png(path: str | Path, img: np.ndarray, scale: int = 1) -> Path:
+    """An (H, W, 3) uint8 or [0, 1] float image written as a PNG (folders created), enlarged `scale` x."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(img, scale))
+    return path
+
+def tile_images(images: Sequence[np.ndarray], captions: Sequence[str] = (), scale: int = 1, gap: int = 4) -> np.ndarray:
+    """Images of one height side by side (each enlarged `scale` x, nearest), `gap` white pixels apart, with
+    a caption strip above each (PIL's built-in font); returns (H', W', 3) uint8."""
+    from PIL import Image, ImageDraw
+
+    tiles = [_as_uint8(t) for t in images]
+    tiles = [np.repeat(t[..., None], 3, -1) if t.ndim == 2 else t for t in tiles]
+    tiles = [t.repeat(scale, 0).repeat(scale, 1) if scale > 1 else t for t in tiles]
+    h = max(t.shape[0] for t in tiles)
+    strip = 14 if captions else 0
+    width = sum(t.shape[1] for t in tiles) + gap * (len(tiles) - 1)
+    canvas = np.full((h + strip, width, 3), 255, np.uint8)
+    x = 0
+    for t in tiles:
+        canvas[strip:strip + t.shape[0], x:x + t.shape[1]] = t
+        x += t.shape[1] + gap
+    if captions:
+        im = Image.fromarray(canvas)
+        draw = ImageDraw.Draw(im)
+        x = 0
+        for t, text in zip(tiles, captions):
+            draw.text((x + 2, 1), str(text), fill=(0, 0, 0))
+            x += t.shape[1] + gap
+        canvas = np.asarray(im)
+    return canvas
+
 def _off(ax) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
@@ -448,4 +485,32 @@ def plot_claims(rows: Sequence[dict], title: str = "The paper's claims: paired d
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def plot_comparison_grid(rows: Sequence[tuple[str, dict[str, dict]]], palette, title: str = ""):
+    """One row per input state, several models side by side: every modality as the models saw it, the
+    label, then each model's prediction and errors; each model's sample mIoU at the row's left.
+    `rows`: (state name, {model name: sample output with inputs, label, pred, error, miou})."""
+    first = rows[0][1]
+    models = list(first)
+    mods = list(next(iter(first.values()))["inputs"])
+    heads = [*mods, "label"] + [f"{k}\n{h}" for k in models for h in ("prediction", "errors")]
+    ncols = len(heads)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.3 * ncols, 1.4 * len(rows) + 0.4), squeeze=False)
+    for r, (name, outs) in enumerate(rows):
+        ref = outs[models[0]]
+        ims = [modality_image(ref["inputs"][m]) for m in mods] + [colorize(ref["label"], palette)]
+        for k in models:
+            ims += [colorize(outs[k]["pred"], palette), error_image(outs[k]["error"])]
+        for c, (img, head) in enumerate(zip(ims, heads)):
+            ax = axes[r, c]
+            ax.imshow(img)
+            _off(ax)
+            if r == 0:
+                ax.set_title(head, fontsize=7)
+        scores = "\n".join(f"{k} {outs[k]['miou']:.1f}" for k in models)
+        axes[r, 0].set_ylabel(f"{name}\n{scores}", fontsize=6.5, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return fig

@@ -1,10 +1,15 @@
 """One sample or one batch through a model: evaluation data of a run's config, the sample as the
 sensors gave it ([0, 1], re-rendered with a chosen synthetic condition or failure case), its
-prediction under a modality subset, its mIoU and error map. Used by the sliders, predict and analysis.
+prediction under a modality subset (or under many subsets from one encoder pass), its mIoU and error
+map, each modality's contribution to it (Shapley values over the modalities, docs/METHOD.md "Shapley
+values", here of one sample's mIoU), and curated samples of a split by condition or failure case.
+Used by the sliders, the classroom app, predict and analysis.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -13,11 +18,11 @@ from workbench.config import Config
 from workbench.data import collate, dataset_from_config, denormalize
 from workbench.data.transforms import IGNORE_INDEX, eval_transform, normalize
 from workbench.errors import DataError
-from workbench.evaluate import confusion_matrix, miou
+from workbench.evaluate import confusion_matrix, miou, pixel_argmax, predict_combinations
 from workbench.options import Protocol
 
 __all__ = ["eval_dataset", "class_info", "load_batch", "raw_sample", "normalize_inputs", "predict", "sample_miou",
-           "error_map"]
+           "error_map", "subsets", "predict_subsets", "shapley", "contributions", "CURATED", "curated_samples"]
 
 
 def eval_dataset(cfg: Config, split: str = "test"):
@@ -88,3 +93,86 @@ def error_map(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """(H, W) int: 0 correct, 1 wrong, 2 ignored (unlabelled) pixel."""
     err = (pred != label).long()
     return torch.where(label == IGNORE_INDEX, torch.full_like(err, 2), err)
+
+
+def subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every non-empty subset of `modalities`, by size, in their order."""
+    mods = tuple(modalities)
+    return [c for k in range(1, len(mods) + 1) for c in itertools.combinations(mods, k)]
+
+@torch.no_grad()
+def predict_subsets(model, inputs: dict, combos: Sequence[tuple[str, ...]], protocol: Protocol = "drop",
+                    one_pass: bool | None = None) -> dict[tuple[str, ...], torch.Tensor]:
+    """Class maps (B, H, W) of a normalized batch for each modality subset in `combos`. `one_pass=None`: the
+    one-pass engine (`workbench.evaluate.predict_combinations`: each encoder once, every subset formed
+    from those encodings) for several subsets of a `Segmentor`, one forward per subset otherwise."""
+    from workbench.models import Segmentor
+
+    mods = tuple(model.modalities)
+    x0 = inputs[mods[0]]
+    b, (h, w) = x0.shape[0], x0.shape[-2:]
+    combos = [tuple(m for m in mods if m in c) for c in combos]
+    if one_pass is None:
+        one_pass = isinstance(model, Segmentor) and len(combos) > 1
+    out = {}
+    if one_pass:
+        for _, part, logits in predict_combinations(model, inputs, (protocol,), combos, chunk=len(combos)):
+            pred = pixel_argmax(logits).view(len(part), b, h, w)
+            out |= {c: pred[i].cpu() for i, c in enumerate(part)}
+        return out
+    for c in combos:
+        present = torch.tensor([[m in c for m in mods]] * b, device=x0.device)
+        out[c] = model(inputs, present, protocol).logits.argmax(1).cpu()
+    return out
+
+def shapley(values: dict[tuple[str, ...], float], players: Sequence[str]) -> dict[str, float]:
+    """Shapley value of each player of a game given on every non-empty subset of `players` (v(empty) = 0):
+    phi_m = sum over S without m of |S|! (n - |S| - 1)! / n! (v(S + m) - v(S)). The values add up to
+    v(players). Subsets are keys in `players` order."""
+    players = tuple(players)
+    n = len(players)
+
+    def v(s) -> float:
+        return values[tuple(p for p in players if p in s)] if s else 0.0
+
+    out = {}
+    for m in players:
+        rest = [p for p in players if p != m]
+        out[m] = sum(math.factorial(len(s)) * math.factorial(n - len(s) - 1) / math.factorial(n)
+                     * (v(set(s) | {m}) - v(s)) for k in range(n) for s in itertools.combinations(rest, k))
+    return out
+
+def contributions(values: dict[tuple[str, ...], float], present: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per present modality: its Shapley value over the present set (they add up to the present set's
+    value) and the drop of the value when it alone is switched off (v(present) - v(present - m); with one
+    modality present, switching it off leaves nothing: the drop is its whole value)."""
+    present = tuple(present)
+    phi = shapley(values, present)
+    full = values[present]
+    return {m: {"shapley": phi[m], "drop": full - values.get(tuple(p for p in present if p != m), 0.0)}
+            for m in present}
+
+# The classroom's curated samples: (what the teacher sees, meta key, value) picked from a split's meta.
+CURATED = (("clear day (sun)", "condition", "sun"), ("night", "condition", "night"), ("fog", "condition", "fog"),
+           ("over-exposed camera", "case", "overexposure"), ("rain", "condition", "rain"),
+           ("under-exposed camera", "case", "underexposure"), ("motion blur", "case", "motionblur"),
+           ("LiDAR jitter", "case", "lidarjitter"))
+
+def curated_samples(cfg: Config, split: str = "test", picks: Sequence[tuple[str, str, str]] = CURATED,
+                    scan: int | None = None) -> list[tuple[str, int]]:
+    """(name, index) of the first sample of `split` for each pick (a meta key and value: the weather
+    condition of a sample without a sensor failure, or the failure case), in order; picks the split does
+    not hold are left out. `scan` limits the samples looked at (default: the whole split)."""
+    ds = eval_dataset(cfg, split)
+    found: dict[str, int] = {}
+    for i in range(len(ds) if scan is None else min(scan, len(ds))):
+        meta = ds.records[i].meta if hasattr(ds, "records") else ds.load(i)["meta"]  # real: no decoding
+        for name, key, value in picks:
+            if name in found or meta.get(key) != value:
+                continue
+            if key == "condition" and meta.get("case", "none") != "none":
+                continue  # a weather pick shows the weather alone
+            found[name] = i
+        if len(found) == len(picks):
+            break
+    return [(name, found[name]) for name, _, _ in picks if name in found]

@@ -51,6 +51,7 @@ NOTEBOOKS = (
     Notebook("06_sliders", ("01_training",)),
     Notebook("07_feedback", ("01_training",)),
     Notebook("08_claims", ("01_training",)),
+    Notebook("09_classroom", ("01_training",)),
 )
 
 # Parameters injected per profile ("*": every notebook that declares them); the rest keep the notebook's own.
