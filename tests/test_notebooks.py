@@ -161,7 +161,7 @@ def test_dependents_of_a_failed_notebook_are_skipped(tmp_path, jupyter_path):
     assert [o.status for o in outcomes] == ["failed", "skipped"]
     assert "In [" in outcomes[0].cell and "training broke" in outcomes[0].error
     assert "train" in outcomes[1].error
-    paths = suite.write_report(outcomes, "smoke", 1.0, root=tmp_path / "figures")
+    paths = suite.write_report(outcomes, "smoke", root=tmp_path / "figures")
     report = paths["md"].read_text()
     assert "## Failures" in report and "training broke" in report and "skipped" in report
 

@@ -244,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
                          args.log_output, args.timeout)
     seconds = time.perf_counter() - t0
     if not args.no_report:
-        paths = write_report(outcomes, args.profile, seconds)
+        paths = write_report(outcomes, args.profile)
         log.info("report: %s and %s", relative(paths["md"]), relative(paths["html"]))
     ok = sum(o.status == "ok" for o in outcomes)
     log.info("%d/%d notebooks ok in %s (%.1f s)", ok, len(outcomes), clock(seconds), seconds)
