@@ -151,6 +151,44 @@ def test_suite_reports_a_failing_notebook(tmp_path, capsys, jupyter_path):
 
 
 @pytest.mark.slow
+def test_suite_shows_training_progress_and_keeps_the_notebook_clean(tmp_path, capsys, jupyter_path):
+    """The kernel's workbench log records (the run being trained, each epoch) are shown by the suite with an
+    ETA and kept in logs/<notebook>.log, not in the executed notebook; warnings still show in the notebook;
+    the kernel runs with --threads threads."""
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    cells = ["import logging, time\nfrom workbench.paths import REPO_ROOT\n"
+             "runs, train = logging.getLogger('workbench.runs'), logging.getLogger('workbench.train')",
+             "runs.info('training baseline (smoke, seed 0) at %s/runs/cache/baseline-x', REPO_ROOT)\ntime.sleep(0.2)\n"
+             "train.info('baseline epoch 1/2: step 3, loss 1.0000, 5.0 img/s')\ntime.sleep(0.2)\n"
+             "train.info('baseline epoch 2/2: step 6, loss 0.5000, 5.0 img/s, val full 10.00 EMM 5.00')",
+             "logging.getLogger('workbench.analysis').warning('a warning the reader must see')",
+             "import os\nprint('threads', os.environ['OMP_NUM_THREADS'])"]
+    nbformat.write(_notebook(cells), nbdir / "a_train.ipynb")
+    out = tmp_path / "executed"
+    assert suite.main(["--profile", "smoke", "--notebooks", str(nbdir), "--out", str(out), "--no-report",
+                       "--threads", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "a_train | training baseline (smoke, seed 0) at runs/cache/baseline-x" in err
+    assert "a_train | training baseline (smoke, seed 0): epoch 1/2, step 3, loss 1.0000, 5.0 img/s, ETA 0:0" in err
+    assert "epoch 2/2, step 6, loss 0.5000, 5.0 img/s, val full 10.00 EMM 5.00, done in 0:0" in err
+    assert "a warning the reader must see" in err
+    executed = nbformat.read(out / "a_train.ipynb", as_version=4)
+    text = "\n".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "epoch" not in text and "training baseline" not in text, "no progress in the executed notebook"
+    assert "a warning the reader must see" in text and "threads 3" in text
+    assert "epoch 2/2" in (out / "logs" / "a_train.log").read_text()
+
+
+def test_progress_lines():
+    p = suite.Progress("01_training")
+    assert p.line({"t": 0.0, "message": "an ablation table\nwith rows"}) == "01_training | an ablation table"
+    p.line({"t": 100.0, "message": f"training robustseg (quick, seed 1) at {REPO_ROOT}/runs/cache/r"})
+    assert p.line({"t": 130.0, "message": "robustseg epoch 3/10: step 72, loss 1.2000"}) == \
+        "01_training | training robustseg (quick, seed 1): epoch 3/10, step 72, loss 1.2000, ETA 1:10"
+
+
+@pytest.mark.slow
 def test_dependents_of_a_failed_notebook_are_skipped(tmp_path, jupyter_path):
     nbdir = tmp_path / "notebooks"
     nbdir.mkdir()
