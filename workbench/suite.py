@@ -66,7 +66,7 @@ NOTEBOOKS = (
 
 # Parameters injected per profile ("*": every notebook that declares them); the rest keep the notebook's own.
 PROFILE_PARAMS: dict[str, dict[str, dict]] = {
-    "smoke": {},
+    "smoke": {"02_ablations": {"methods": ["baseline", "basic_kd", "robustseg"]}},  # three rows keep CI fast
     "quick": {"02_ablations": {"methods": None, "seeds": [0]}},
     "paper": {"*": {"dataset": "deliver", "data_root": "data/DELIVER"},
               "02_ablations": {"methods": None, "seeds": [0]}},
@@ -202,8 +202,8 @@ _EPOCH = re.compile(r"^\S+ epoch (?P<epoch>\d+)/(?P<epochs>\d+): (?P<rest>.*)$",
 class Progress:
     """Turns a kernel's log records into progress lines: which run is training, its epochs, an ETA."""
 
-    def __init__(self, notebook: str):
-        self.notebook = notebook
+    def __init__(self, notebook: str, log_file: str = "the kernel's log"):
+        self.notebook, self.log_file = notebook, log_file
         self.run, self.t_run = "", 0.0
 
     def line(self, rec: dict) -> str:
@@ -216,7 +216,9 @@ class Progress:
             eta = (t - self.t_run) / epoch * (epochs - epoch)
             message = f"training {self.run}: epoch {epoch}/{epochs}, {m['rest']}" + (
                 f", ETA {clock(eta)}" if epoch < epochs else f", done in {clock(t - self.t_run)}")
-        return f"{self.notebook} | {message.splitlines()[0] if message else ''}"
+        lines = message.splitlines() or [""]
+        more = f" (+{len(lines) - 1} lines in {self.log_file})" if len(lines) > 1 else ""
+        return f"{self.notebook} | {lines[0]}{more}"
 
 
 class Tail(threading.Thread):
@@ -224,7 +226,7 @@ class Tail(threading.Thread):
 
     def __init__(self, path: Path, notebook: str, every: float = 0.5):
         super().__init__(daemon=True)
-        self.path, self.every, self.progress = path, every, Progress(notebook)
+        self.path, self.every, self.progress = path, every, Progress(notebook, relative(path))
         self._done, self._offset, self._partial = threading.Event(), 0, ""
 
     def poll(self) -> None:
