@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workbench.checkpoint import git_commit
 from workbench.errors import ConfigError, MissingFile, UnknownName
 from workbench.paths import REPO_ROOT, figures_dir, runs_dir
 from workbench.report import clock, relative, write_report
@@ -376,6 +377,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_report:
         paths = write_report(outcomes, args.profile)
         log.info("report: %s and %s", relative(paths["md"]), relative(paths["html"]))
+        commit = git_commit()
+        if commit.endswith("+dirty"):
+            log.warning("the code has uncommitted changes (outside figures/): the figures may not be reproducible "
+                        "from commit %s, and the report says so; commit, then run the suite again",
+                        commit.removesuffix("+dirty")[:12])
     ok = sum(o.status == "ok" for o in outcomes)
     log.info("%d/%d notebooks ok in %s (%.1f s)", ok, len(outcomes), clock(seconds), seconds)
     failures = [o for o in outcomes if o.status != "ok"]
