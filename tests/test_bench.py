@@ -61,3 +61,4 @@ def test_command_prints_a_table_then_one_json_line(capsys):
     assert "slowdown" in lines[1] and "(workbench)" in lines[2]
     last = json.loads(lines[-1])
     assert last["bench"] == "contention" and len(last["rows"]) == 1
+    assert last["vs_workbench_idle"] == last["slowdown"], "the workbench's row is measured against its own idle"
