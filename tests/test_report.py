@@ -84,8 +84,9 @@ def _outcomes(root: Path) -> list[Outcome]:
 
 def test_report_opens_with_the_summary(report_root, monkeypatch):
     monkeypatch.setattr(report, "git_commit", lambda: "abc123")
-    md = report.write_report(_outcomes(report_root), "smoke", root=report_root)["md"].read_text()
+    md = report.write_report(_outcomes(report_root), "smoke", root=report_root, threads=2)["md"].read_text()
     summary, details = md.split("# Details")
+    assert "each kernel with 2 threads" in summary
     assert "## Summary" in summary and "`abc123` (no uncommitted changes" in summary
     # the headline table: one row per method, EMM per protocol and full mIoU, mean ± std over seeds
     assert "| method | full | EMM drop | EMM zero | paper EMM / full (DeLiVER) |" in summary

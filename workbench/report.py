@@ -176,7 +176,7 @@ def summary_markdown(profile: str, entries: dict[str, list[dict]], root: Path) -
     return md
 
 
-def build_markdown(outcomes: Sequence, profile: str, root: Path) -> str:
+def build_markdown(outcomes: Sequence, profile: str, root: Path, threads: int | None = None) -> str:
     """The report: a one-screen summary, then every notebook's tables and figures, versions and runs.
     Nothing in it depends on when or how fast the suite ran, so a re-run writes the same file."""
     vers, commit = versions(), git_commit()
@@ -187,7 +187,9 @@ def build_markdown(outcomes: Sequence, profile: str, root: Path) -> str:
     status_rows = [{"notebook": o.name, "status": o.status, "executed notebook": relative(o.executed),
                     "parameters": json.dumps(o.parameters)} for o in outcomes]
     md = [f"# RobustSeg workbench: notebook suite report ({profile})", "",
-          f"Code: {_commit_line(commit)}. {ok}/{len(outcomes)} notebooks ok.", ""]
+          f"Code: {_commit_line(commit)}. {ok}/{len(outcomes)} notebooks ok"
+          + (f", each kernel with {threads} threads (CPU numbers repeat bit for bit at one thread count)."
+             if threads else "."), ""]
     failures = [o for o in outcomes if o.status != "ok"]
     if failures:  # first: the summary below may be incomplete
         md += ["## Failures", ""]
@@ -220,11 +222,13 @@ _STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:
           "pre{background:#f6f6f6;padding:0.5em;overflow-x:auto}td img{max-width:380px}")
 
 
-def write_report(outcomes: Sequence, profile: str, root: Path | None = None) -> dict[str, Path]:
-    """Write `REPORT.md` and `REPORT.html` (the same content) into `root` (default `figures/`)."""
+def write_report(outcomes: Sequence, profile: str, root: Path | None = None, threads: int | None = None
+                 ) -> dict[str, Path]:
+    """Write `REPORT.md` and `REPORT.html` (the same content) into `root` (default `figures/`); `threads`:
+    the notebook kernels' thread count, said in the report."""
     root = Path(root or figures_dir())
     root.mkdir(parents=True, exist_ok=True)
-    md = build_markdown(outcomes, profile, root)
+    md = build_markdown(outcomes, profile, root, threads)
     md_path, html_path = root / "REPORT.md", root / "REPORT.html"
     md_path.write_text(md)
     html_path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>RobustSeg suite report "

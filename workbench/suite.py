@@ -375,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
                          args.log_output, args.timeout, threads)
     seconds = time.perf_counter() - t0
     if not args.no_report:
-        paths = write_report(outcomes, args.profile)
+        paths = write_report(outcomes, args.profile, threads=threads)
         log.info("report: %s and %s", relative(paths["md"]), relative(paths["html"]))
         commit = git_commit()
         if commit.endswith("+dirty"):
