@@ -40,3 +40,121 @@ def test_evaluate_every_protocol_from_the_command_line(tmp_path, capsys):
     assert "(night)" in capsys.readouterr().out
     assert main(["evaluate", str(tmp_path / "run"), "--case", "snow", "--quiet"]) == 2
     assert "data.case='snow'" in capsys.readouterr().err
+
+
+TINY = ["--set", "data.train_samples=8", "--set", "data.val_samples=4", "--set", "data.test_samples=4"]
+
+
+def _actions(parser, path=()):
+    """Every (command path, action) of the parser, subcommands included."""
+    import argparse
+
+    for action in parser._actions:
+        yield path, action
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield (*path, name), argparse.Namespace(option_strings=[name], dest=name, help=helps.get(name))
+                yield from _actions(sub, (*path, name))
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+
+    from workbench.cli import build_parser
+
+    parser = build_parser()
+    seen, missing, internal = 0, [], []
+    for path, action in _actions(parser):
+        seen += 1
+        where = f"{' '.join(path) or '(top)'} {'/'.join(action.option_strings) or action.dest}"
+        if not action.help or action.help == argparse.SUPPRESS:
+            missing.append(where)
+        elif "issue" in action.help.lower():
+            internal.append(f"{where}: {action.help}")
+    assert seen > 80, "the walk must reach every command and benchmark"
+    assert not missing, f"options without help text: {missing}"
+    assert not internal, f"help text that refers to issues (not product text): {internal}"
+
+
+def test_presets_show_prints_only_json_on_stdout_and_the_size_on_stderr(capsys):
+    assert main(["presets", "--show", "robustseg", "--profile", "tiny"]) == 0
+    out, err = capsys.readouterr()
+    cfg = json.loads(out)  # pipeable: `presets --show NAME > cfg.json` is a valid --config FILE
+    assert cfg["name"] == "robustseg" and cfg["data"]["size"] == 32
+    assert "parameters;" in err and "GFLOPs per forward of one 32x32 image with 4 modalities" in err
+
+
+def test_model_size_counts_the_real_forward():
+    """The meta-device count (no computation) equals a real forward's on CPU; FLOPs grow with the pixels
+    and the parameters are those of the model `build_model` makes."""
+    from workbench.commands.presets import model_size
+    from workbench.config import apply_overrides, preset
+    from workbench.models import build_model
+
+    cfg = preset("tiny")
+    meta, cpu = model_size(cfg), model_size(cfg, device="cpu")
+    assert meta == cpu and meta["flops"] > 0
+    model = build_model(cfg.model, meta["modalities"], 12)
+    assert meta["parameters"] == sum(p.numel() for p in model.parameters())
+    bigger = model_size(apply_overrides(cfg, {"data.size": 64}))
+    assert 3.5 < bigger["flops"] / meta["flops"] < 5, "about 4x the pixels, about 4x the FLOPs"
+
+
+def test_config_file_reruns_a_runs_config(tmp_path, capsys):
+    import torch
+
+    from workbench.checkpoint import load_checkpoint
+
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert main(["train", "--preset", "tiny", "--out", str(first), "--quiet", "--eval-split", "none",
+                 "--set", "train.epochs=1", *TINY]) == 0
+    assert main(["train", "--config", str(first / "config.json"), "--out", str(again), "--quiet",
+                 "--eval-split", "none"]) == 0
+    assert (again / "config.json").read_text() == (first / "config.json").read_text()
+    a, b = load_checkpoint(first / "final.pt")["model"], load_checkpoint(again / "final.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "the same config trains the same weights"
+    assert main(["train", "--config", str(tmp_path / "nope.json")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_prints_a_line_at_the_end_of_each_epoch(tmp_path, capsys):
+    assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "run"), "--eval-split", "none",
+                 "--set", "train.epochs=2", *TINY]) == 0
+    err = capsys.readouterr().err
+    for epoch in (1, 2):
+        assert f"[train] baseline epoch {epoch}/2: step" in err
+    assert "val full" in err and "EMM" in err
+
+
+def test_tensorboard_logging_needs_its_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "run"), "--quiet", "--eval-split", "none",
+                 "--set", "train.log=tensorboard", *TINY]) == 2
+    assert "pip install -e .[tensorboard]" in capsys.readouterr().err
+    assert main(["train", "--preset", "tiny", "--set", "train.log=wandb"]) == 2
+    assert "'jsonl', 'tensorboard'" in capsys.readouterr().err
+
+
+def test_tensorboard_logging_writes_events_beside_the_jsonl(tmp_path):
+    import pytest
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from workbench.config import apply_overrides, preset
+    from workbench.records import read_records
+
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--out", str(run), "--quiet", "--eval-split", "none",
+                 "--set", "train.epochs=2", "--set", "train.log=tensorboard", *TINY]) == 0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    records = read_records(run)
+    loss = [e.value for e in events.Scalars("train/loss")]
+    assert loss == pytest.approx([r["train/loss"] for r in records.train])
+    assert [e.step for e in events.Scalars("val/emm")] == [r["step"] for r in records.val]
+    cfg = preset("tiny")
+    assert apply_overrides(cfg, {"train.log": "tensorboard"}).hash() == cfg.hash(), "logging is not the run's identity"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import time
 
 import nbformat
@@ -48,7 +49,6 @@ def test_notebook_source_is_clean(path):
     nbformat.validate(nb)
     first = nb.cells[0]
     assert first.cell_type == "markdown" and first.source.startswith("# "), "a notebook opens with a markdown header"
-    assert "How to read it" in first.source
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{path.name}: exactly one cell tagged 'parameters', found {len(tagged)}"
     assert tagged[0] == 1, "the parameters cell comes right after the header"
@@ -58,12 +58,51 @@ def test_notebook_source_is_clean(path):
             f"{path.name}: the parameters cell holds only `name = literal` lines"
         params[stmt.targets[0].id] = ast.literal_eval(stmt.value)
     assert COMMON_PARAMETERS <= set(params), f"{path.name} lacks {COMMON_PARAMETERS - set(params)}"
-    # the interactive notebooks default to the runs `make suite` caches (quick); the rest to smoke
-    assert params["profile"] == ("quick" if path.stem in ("06_sliders", "09_classroom") else "smoke")
     for c in nb.cells:
         if c.cell_type == "code":
             assert c.outputs == [] and c.execution_count is None, f"{path.name}: committed with outputs"
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+# Notebooks another branch is rewriting (the sliders and the classroom app): their teaching structure lands there.
+ELSEWHERE: set[str] = set()
+SAVES = ("figs.save(", "figs.table(", "figs.plotly(")
+
+
+def _parameters(nb) -> dict:
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    return {s.targets[0].id: ast.literal_eval(s.value) for s in ast.parse(cell.source).body}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(p.stem in ELSEWHERE, reason="rewritten on "
+                                               "another branch", strict=False)) for p in NOTEBOOK_PATHS], ids=NAMES)
+def test_notebook_teaches(path):
+    """A notebook opens with the question it answers, what to look for and the profile and runs it uses;
+    it defaults to the profile whose runs `make suite` caches; every figure or table it saves comes right
+    after a markdown cell that explains it; it ends with "Try this" suggestions."""
+    nb = nbformat.read(path, as_version=4)
+    header = nb.cells[0].source.lower()
+    for part in ("question", "what to look for", "profile"):
+        assert part in header, f"{path.name}: the opening cell does not say {part!r}"
+    assert _parameters(nb)["profile"] == "quick", \
+        f"{path.name}: default to the profile `make suite` caches (quick)"
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and any(s in cell.source for s in SAVES):
+            assert nb.cells[i - 1].cell_type == "markdown", \
+                f"{path.name}: cell {i} saves a figure or table without a markdown explanation right before it"
+    last = nb.cells[-1]
+    assert last.cell_type == "markdown" and last.source.startswith("## Try this"), \
+        f"{path.name}: end with a markdown cell headed '## Try this'"
+    assert "profile" in last.source or any(f"`{name} =" in last.source for name in _parameters(nb)), \
+        f"{path.name}: the suggestions use the notebook's parameters"
+
+
+def test_smoke_suite_injects_the_smoke_profile():
+    """Notebooks default to quick; CI's smoke suite still runs them at smoke scale (and few rows)."""
+    for path in NOTEBOOK_PATHS:
+        assert suite.parameters_for(path, path.stem, "smoke", {})["profile"] == "smoke"
+    assert suite.parameters_for(REPO_ROOT / "notebooks" / "02_ablations.ipynb", "02_ablations", "smoke", {}) == {
+        "profile": "smoke", "methods": ["baseline", "basic_kd", "robustseg"]}
 
 
 def test_profile_parameters_are_declared():
@@ -120,11 +159,27 @@ def test_notebook_runs_with_smoke_profile(smoke_suite, name):
     index = json.loads((smoke_suite["figures"] / "smoke" / name / "index.json").read_text())
     figures = [e for e in index["entries"] if e["kind"] == "figure"]
     assert figures, f"{name} saved no figure"
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert not re.search(r"epoch \d+/\d+", text), f"{name}: training progress belongs in the suite's log"
     for e in figures:
         assert {"png", "pdf", "csv"} <= set(e["files"]), f"{name}/{e['name']}: PNG, PDF and CSV expected"
     for e in index["entries"]:
         for rel in e["files"].values():
             assert (smoke_suite["figures"] / "smoke" / name / rel).stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(n in ELSEWHERE, reason="rewritten on "
+                                  "another branch", strict=False)) for n in NAMES])
+def test_executed_notebook_shows_each_figure_once_and_its_runs(smoke_suite, name):
+    nb = nbformat.read(smoke_suite["out"] / f"{name}.ipynb", as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    shown = sum("image/png" in o.get("data", {}) for o in outputs)
+    index = json.loads((smoke_suite["figures"] / "smoke" / name / "index.json").read_text())
+    saved = sum(e["kind"] == "figure" for e in index["entries"])
+    assert shown == saved, f"{name}: {saved} figures saved, {shown} shown (each figure once)"
+    text = "\n".join(o.get("text", "") for o in outputs)
+    assert "runs/cache/" in text and "profile smoke" in text, f"{name}: the setup cell prints its profile and runs"
 
 
 @pytest.mark.slow
@@ -152,6 +207,45 @@ def test_suite_reports_a_failing_notebook(tmp_path, capsys, jupyter_path):
 
 
 @pytest.mark.slow
+def test_suite_shows_training_progress_and_keeps_the_notebook_clean(tmp_path, capsys, jupyter_path):
+    """The kernel's workbench log records (the run being trained, each epoch) are shown by the suite with an
+    ETA and kept in logs/<notebook>.log, not in the executed notebook; warnings still show in the notebook;
+    the kernel runs with --threads threads."""
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    cells = ["import logging, time\nfrom workbench.paths import REPO_ROOT\n"
+             "runs, train = logging.getLogger('workbench.runs'), logging.getLogger('workbench.train')",
+             "runs.info('training baseline (smoke, seed 0) at %s/runs/cache/baseline-x', REPO_ROOT)\ntime.sleep(0.2)\n"
+             "train.info('baseline epoch 1/2: step 3, loss 1.0000, 5.0 img/s')\ntime.sleep(0.2)\n"
+             "train.info('baseline epoch 2/2: step 6, loss 0.5000, 5.0 img/s, val full 10.00 EMM 5.00')",
+             "logging.getLogger('workbench.analysis').warning('a warning the reader must see')",
+             "import os\nprint('threads', os.environ['OMP_NUM_THREADS'])"]
+    nbformat.write(_notebook(cells), nbdir / "a_train.ipynb")
+    out = tmp_path / "executed"
+    assert suite.main(["--profile", "smoke", "--notebooks", str(nbdir), "--out", str(out), "--no-report",
+                       "--threads", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "a_train | training baseline (smoke, seed 0) at runs/cache/baseline-x" in err
+    assert "a_train | training baseline (smoke, seed 0): epoch 1/2, step 3, loss 1.0000, 5.0 img/s, ETA 0:0" in err
+    assert "epoch 2/2, step 6, loss 0.5000, 5.0 img/s, val full 10.00 EMM 5.00, done in 0:0" in err
+    assert "a warning the reader must see" in err
+    executed = nbformat.read(out / "a_train.ipynb", as_version=4)
+    text = "\n".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "epoch" not in text and "training baseline" not in text, "no progress in the executed notebook"
+    assert "a warning the reader must see" in text and "threads 3" in text
+    assert "epoch 2/2" in (out / "logs" / "a_train.log").read_text()
+
+
+def test_progress_lines():
+    p = suite.Progress("01_training")
+    assert p.line({"t": 0.0, "message": "an ablation table\nwith\nrows"}) == \
+        "01_training | an ablation table (+2 lines in the kernel's log)"
+    p.line({"t": 100.0, "message": f"training robustseg (quick, seed 1) at {REPO_ROOT}/runs/cache/r"})
+    assert p.line({"t": 130.0, "message": "robustseg epoch 3/10: step 72, loss 1.2000"}) == \
+        "01_training | training robustseg (quick, seed 1): epoch 3/10, step 72, loss 1.2000, ETA 1:10"
+
+
+@pytest.mark.slow
 def test_dependents_of_a_failed_notebook_are_skipped(tmp_path, jupyter_path):
     nbdir = tmp_path / "notebooks"
     nbdir.mkdir()
@@ -162,7 +256,7 @@ def test_dependents_of_a_failed_notebook_are_skipped(tmp_path, jupyter_path):
     assert [o.status for o in outcomes] == ["failed", "skipped"]
     assert "In [" in outcomes[0].cell and "training broke" in outcomes[0].error
     assert "train" in outcomes[1].error
-    paths = suite.write_report(outcomes, "smoke", 1.0, root=tmp_path / "figures")
+    paths = suite.write_report(outcomes, "smoke", root=tmp_path / "figures")
     report = paths["md"].read_text()
     assert "## Failures" in report and "training broke" in report and "skipped" in report
 

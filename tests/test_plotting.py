@@ -40,3 +40,30 @@ def test_images():
     assert P.modality_image(torch.rand(1, 4, 5)).shape == (4, 5, 3)
     png = P.png_bytes(np.zeros((4, 4, 3), np.uint8), scale=3)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saving_the_same_figure_twice_gives_identical_bytes(tmp_path):
+    """No creation dates or random ids in the files: a re-run of the suite rewrites the committed figures
+    byte for byte (the PDF backend stamps the time, plotly draws a random element id)."""
+    import time
+
+    import plotly.graph_objects as go
+
+    def save(root):
+        figs = P.Figures("99_test", "smoke", root=root)
+        fig, ax = plt.subplots()
+        ax.plot([0, 1, 2], [1, 0, 2], label="a")
+        ax.legend()
+        figs.save(fig, "line", rows=[{"x": 0, "y": 1.0}], title="A line")
+        plt.close(fig)
+        figs.table([{"a": 1, "b": 0.5}], "tab")
+        figs.plotly(go.Figure(go.Scatter(x=[0, 1], y=[1, 0])), "page")
+        return figs.dir
+
+    first = save(tmp_path / "a")
+    time.sleep(1.1)  # the PDF date has a resolution of one second
+    second = save(tmp_path / "b")
+    names = sorted(p.name for p in first.iterdir())
+    assert {"line.png", "line.pdf", "line.csv", "tab.md", "page.html", "index.json"} <= set(names)
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), f"{name} differs between two saves"

@@ -90,12 +90,24 @@ def load_state_strict(module: torch.nn.Module, state_dict: dict, what: str = "mo
     module.load_state_dict(state_dict, strict=True)
 
 
-def git_commit() -> str:
+# Files the suite writes: regenerating them does not change the code, so they neither move the stamped
+# commit nor make the tree "dirty".
+GENERATED = ("figures",)
+
+
+def git_commit(root: str | Path = REPO_ROOT) -> str:
+    """The code's commit (of the checkout at `root`): the last commit that changed a file outside `figures/` (so a commit of
+    regenerated figures alone stamps the same code), `+dirty` when tracked files outside `figures/`
+    have uncommitted changes, or "unknown" outside a git checkout."""
+    outside = ["--", ".", *(f":(exclude){d}" for d in GENERATED)]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        sha = git("log", "-1", "--format=%H", *outside) or git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", *outside)
         return (sha or "unknown") + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

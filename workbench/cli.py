@@ -15,6 +15,11 @@ import sys
 
 from workbench.errors import WorkbenchError
 
+DESCRIPTION = """RobustSeg workbench: train, evaluate and study robust multi-modal semantic segmentation.
+
+Progress and messages go to stderr (`--quiet`: warnings only); results go to stdout. A mistake in the
+input ends with one `error: ...` line that says how to fix it."""
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("workbench.commands.train", "train a preset (cached by config, or into --out), then evaluate it"),
@@ -67,9 +72,10 @@ def setup_logging(quiet: bool = False) -> None:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; `command` limits the imports to that command's module ("" imports none)."""
-    p = argparse.ArgumentParser(prog="python -m workbench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m workbench", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="what to do (`python -m workbench COMMAND --help` lists its options)")
     for name, (module, help_) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
         if command is None or command == name:

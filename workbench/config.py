@@ -36,6 +36,7 @@ from workbench.options import (
     IFVModalities,
     KDPixels,
     KDReduction,
+    MetricsLog,
     Pairing,
     Pipeline,
     Protocol,
@@ -147,6 +148,7 @@ class TrainConfig(_Checked):
     compile: bool = False
     max_steps: int | None = None  # stop early (smoke runs, benchmarks)
     sync_bn: bool = False  # DDP only
+    log: MetricsLog = "jsonl"  # tensorboard: also TensorBoard event files in the run folder (pip install -e .[tensorboard])
 
     def check(self) -> None:
         for key in ("epochs", "lr", "ckpt_every"):
@@ -264,7 +266,7 @@ class Config(_Checked):
         """Stable identity for caching: everything that changes the trained weights."""
         d = self.to_dict()
         d.pop("name"), d.pop("profile")
-        for k in ("device", "val_every", "ckpt_every"):
+        for k in ("device", "val_every", "ckpt_every", "log"):
             d["train"].pop(k)
         d["data"].pop("num_workers")
         if not self.distill.enabled:  # a baseline is the same run whatever the (unused) loss weights say

@@ -22,6 +22,7 @@ Protocol = Literal["drop", "zero"]  # an absent modality is not encoded / is zer
 # training
 SegLoss = Literal["ce", "ohem"]
 Amp = Literal["auto", "bf16", "off"]
+MetricsLog = Literal["jsonl", "tensorboard"]  # metrics.jsonl always; tensorboard: TensorBoard event files beside it
 # distillation (docs/METHOD.md, "Losses")
 DropoutMode = Literal["sample", "batch", "none"]  # Anymodal Dropout per sample, per batch, or off
 KDReduction = Literal["element", "pixel"]  # KL mean over B*K*H*W elements (public code) or over pixels

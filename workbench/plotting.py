@@ -32,6 +32,11 @@ METHOD_COLOURS = {"baseline": "#7f7f7f", "basic_kd": "#ff7f0e", "ifv_single": "#
 def _colour(name: str, i: int) -> str:
     return METHOD_COLOURS.get(name, MODALITY_COLOURS.get(name, f"C{i % 10}"))
 
+# File metadata of saved figures: no creation date (matplotlib stamps PDFs with the time they were written)
+PDF_METADATA = {"CreationDate": None}
+PNG_METADATA: dict[str, str | None] = {}
+
+
 class Figures:
     """A notebook's figures and tables under `figures/<profile>/<notebook>/`, with an index for the report.
 
@@ -60,8 +65,9 @@ class Figures:
     def save(self, fig, name: str, rows: Sequence[dict] | None = None, title: str = "", caption: str = ""):
         """`name`.png, `name`.pdf and (with `rows`) `name`.csv; returns the figure (the notebook shows it)."""
         files = {"png": self.dir / f"{name}.png", "pdf": self.dir / f"{name}.pdf"}
-        fig.savefig(files["png"], dpi=self.dpi, bbox_inches="tight")
-        fig.savefig(files["pdf"], bbox_inches="tight")
+        # no creation date in the files: the same figure saved twice gives the same bytes
+        fig.savefig(files["png"], dpi=self.dpi, bbox_inches="tight", metadata=PNG_METADATA)
+        fig.savefig(files["pdf"], bbox_inches="tight", metadata=PDF_METADATA)
         if rows is not None:
             files["csv"] = write_csv(self.dir / f"{name}.csv", rows)
         self._add("figure", name, title, caption, files)
@@ -77,7 +83,8 @@ class Figures:
     def plotly(self, fig, name: str, rows: Sequence[dict] | None = None, title: str = "", caption: str = ""):
         """An interactive page `name`.html (plotly.js written once beside it, so it opens offline)."""
         files = {"html": self.dir / f"{name}.html"}
-        fig.write_html(files["html"], include_plotlyjs="directory", full_html=True)
+        # a fixed element id (plotly draws a random one), so a page saved twice is the same file
+        fig.write_html(files["html"], include_plotlyjs="directory", full_html=True, div_id=f"plot-{name}")
         if rows is not None:
             files["csv"] = write_csv(self.dir / f"{name}.csv", rows)
         self._add("plotly", name, title, caption, files)

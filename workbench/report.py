@@ -1,16 +1,17 @@
 """The suite's report: `figures/REPORT.md`, built once as Markdown, and `REPORT.html` converted from it.
 
-It lists each notebook's status, the versions and the code's git commit (saying plainly when the tree
-had uncommitted changes), the trained runs the notebooks used with their configs, and then every
+It opens with a one-screen summary (the headline table of EMM and full-modality mIoU per method, and
+the three figures that tell the story of modality bias), then the details: each notebook's status, every
 table and figure the notebooks saved (`workbench.plotting.Figures` indexes under
-`figures/<profile>/<notebook>/`). Paths are relative to the repository, so the report reads the same
-on every machine.
+`figures/<profile>/<notebook>/`), the versions and the trained runs with their configs. It names the
+code's git commit and says plainly when the tree had uncommitted changes. Paths are relative to the
+repository and nothing in it records when or how fast the suite ran, so a re-run of the same code
+writes the same file.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from workbench.checkpoint import git_commit, versions
 from workbench.config import METHODS, Config
 from workbench.paths import REPO_ROOT, figures_dir, runs_dir
 from workbench.runs import Run
-from workbench.tables import markdown_table, markdown_to_html
+from workbench.tables import markdown_table, markdown_to_html, read_csv
 
 __all__ = ["write_report", "relative", "clock"]
 
@@ -88,30 +89,115 @@ def _entries(profile: str, ran: Sequence[str], root: Path) -> dict[str, list[dic
 
 def _commit_line(commit: str) -> str:
     if commit.endswith("+dirty"):
-        return (f"git commit `{commit.removesuffix('+dirty')}`, with uncommitted changes to the code (the figures "
-                f"may not match that commit)")
-    return f"git commit `{commit}`"
+        return (f"git commit `{commit.removesuffix('+dirty')}` **with uncommitted changes**: tracked files outside "
+                f"`figures/` differed from that commit when the suite ran, so these figures may not be reproducible "
+                f"from it (commit the changes and run `make suite` again)")
+    if commit == "unknown":
+        return "git commit unknown (not a git checkout)"
+    return f"git commit `{commit}` (no uncommitted changes outside `figures/`)"
 
 
-def build_markdown(outcomes: Sequence, profile: str, seconds: float, root: Path) -> str:
+# The summary's three figures, in the order that tells the story of modality bias: where each combination
+# stands, what each modality adds, and what feedback did to the teacher. Each entry lists alternatives
+# (notebook, saved name), the first one present is shown.
+STORY: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("Every modality combination: a robust model keeps its colour in the rows without RGB (R).",
+     (("03_combinations", "combination_heatmap"),)),
+    ("What each modality adds to the full-modality mIoU (Shapley values): a biased model leans on few sensors.",
+     (("03_combinations", "shapley"),)),
+    ("The teacher before and after feedback, per combination (or the paper's claims, tested with paired seeds).",
+     (("07_feedback", "teacher_delta_drop"), ("08_claims", "claims"))),
+)
+
+
+def _saved(entries: dict[str, list[dict]], notebook: str, name: str) -> dict | None:
+    return next((e for e in entries.get(notebook, []) if e["name"] == name), None)
+
+
+def _fmt(mean, std=None) -> str:
+    if not isinstance(mean, (int, float)) or mean != mean:
+        return "-"
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if isinstance(std, (int, float)) and std == std and std > 0 else "")
+
+
+def headline_rows(profile: str, entries: dict[str, list[dict]], root: Path) -> tuple[list[dict], str]:
+    """EMM and full-modality mIoU per method, one row per method, from the notebooks' saved tables: the
+    ablation table (02, every row, mean ± std over seeds) or else the combination summary (03).
+    Returns the rows and the file they were read from ("" when neither was saved)."""
+    for notebook, name in (("02_ablations", "ablation_table"), ("03_combinations", "summary")):
+        entry = _saved(entries, notebook, name)
+        if entry is None or "csv" not in entry["files"]:
+            continue
+        path = root / profile / notebook / entry["files"]["csv"]
+        if not path.exists():
+            continue
+        by_method: dict[str, dict] = {}
+        for r in read_csv(path):
+            p = r["protocol"]
+            row = by_method.setdefault(r["method"], {"method": r["method"]})
+            if "emm_mean" in r:  # the ablation table: mean (± std) over seeds
+                row["full"] = _fmt(r["full_mean"], r.get("full_std"))
+                row[f"EMM {p}"] = _fmt(r["emm_mean"], r.get("emm_std"))
+                if "paper_emm" in r:
+                    row["paper EMM / full (DeLiVER)"] = f"{_fmt(r['paper_emm'])} / {_fmt(r['paper_full'])}"
+            else:
+                row["full"] = _fmt(r["full"])
+                row[f"EMM {p}"] = _fmt(r["emm"])
+        order = ["method", "full", "EMM drop", "EMM zero", "paper EMM / full (DeLiVER)"]
+        rows = [{k: row.get(k, "-") for k in order if any(k in x for x in by_method.values())}
+                for row in by_method.values()]
+        return rows, f"{profile}/{notebook}/{entry['files']['csv']}"
+    return [], ""
+
+
+def summary_markdown(profile: str, entries: dict[str, list[dict]], root: Path) -> list[str]:
+    """The report's first screen: the headline table and the three figures of the story."""
+    md = ["## Summary", ""]
+    rows, source = headline_rows(profile, entries, root)
+    if rows:
+        md += ["EMM (mean mIoU over every modality combination) and full-modality mIoU (%), per method and "
+               f"missing-modality protocol (`drop`: absent sensors are not encoded; `zero`: zeroed and encoded). "
+               f"From [{source}]({source}).", "", markdown_table(rows), ""]
+    else:
+        md += ["(no headline table: run notebooks 02 or 03)", ""]
+    figures = []
+    for text, candidates in STORY:
+        for notebook, name in candidates:
+            e = _saved(entries, notebook, name)
+            if e is not None and e["kind"] == "figure":
+                figures.append((text, notebook, e))
+                break
+    if figures:  # side by side (a table row of images), each explained below
+        md += ["| " + " | ".join(f"{i}. {e['title']}" for i, (_, _, e) in enumerate(figures, 1)) + " |",
+               "|" + "---|" * len(figures),
+               "| " + " | ".join(f"![{e['title']}]({profile}/{nb}/{e['files']['png']})" for _, nb, e in figures) + " |",
+               ""]
+        md += [f"{i}. {text} ({notebook}; details below)" for i, (text, notebook, _) in enumerate(figures, 1)] + [""]
+    return md
+
+
+def build_markdown(outcomes: Sequence, profile: str, root: Path, threads: int | None = None) -> str:
+    """The report: a one-screen summary, then every notebook's tables and figures, versions and runs.
+    Nothing in it depends on when or how fast the suite ran, so a re-run writes the same file."""
     vers, commit = versions(), git_commit()
     runs = _runs(profile, outcomes)
     ran = [o.name for o in outcomes]
     entries = _entries(profile, ran, root)
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     ok = sum(o.status == "ok" for o in outcomes)
-    status_rows = [{"notebook": o.name, "status": o.status, "seconds": round(o.seconds, 1),
-                    "executed notebook": relative(o.executed), "parameters": json.dumps(o.parameters)}
-                   for o in outcomes]
+    status_rows = [{"notebook": o.name, "status": o.status, "executed notebook": relative(o.executed),
+                    "parameters": json.dumps(o.parameters)} for o in outcomes]
     md = [f"# RobustSeg workbench: notebook suite report ({profile})", "",
-          f"Generated {when}; {_commit_line(commit)}; suite time {clock(seconds)} ({ok}/{len(outcomes)} "
-          f"notebooks ok).", "", "## Notebooks", "", markdown_table(status_rows), ""]
+          f"Code: {_commit_line(commit)}. {ok}/{len(outcomes)} notebooks ok"
+          + (f", each kernel with {threads} threads (CPU numbers repeat bit for bit at one thread count)."
+             if threads else "."), ""]
     failures = [o for o in outcomes if o.status != "ok"]
-    if failures:
+    if failures:  # first: the summary below may be incomplete
         md += ["## Failures", ""]
         for o in failures:
             md += [f"- **{o.name}** ({o.status}): {o.error}", f"  - executed notebook: `{relative(o.executed)}`",
                    "  - failing cell:", "", "```", o.cell or "-", "```", ""]
+    md += summary_markdown(profile, entries, root)
+    md += ["# Details", "", "## Notebooks", "", markdown_table(status_rows), ""]
     for name, items in entries.items():
         md += [f"## {name}", ""] + ([] if name in ran else ["(not run this time: figures from an earlier run)", ""])
         for e in items:
@@ -133,14 +219,16 @@ def build_markdown(outcomes: Sequence, profile: str, seconds: float, root: Path)
 
 _STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}img{max-width:100%}"
           "table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
-          "pre{background:#f6f6f6;padding:0.5em;overflow-x:auto}")
+          "pre{background:#f6f6f6;padding:0.5em;overflow-x:auto}td img{max-width:380px}")
 
 
-def write_report(outcomes: Sequence, profile: str, seconds: float, root: Path | None = None) -> dict[str, Path]:
-    """Write `REPORT.md` and `REPORT.html` (the same content) into `root` (default `figures/`)."""
+def write_report(outcomes: Sequence, profile: str, root: Path | None = None, threads: int | None = None
+                 ) -> dict[str, Path]:
+    """Write `REPORT.md` and `REPORT.html` (the same content) into `root` (default `figures/`); `threads`:
+    the notebook kernels' thread count, said in the report."""
     root = Path(root or figures_dir())
     root.mkdir(parents=True, exist_ok=True)
-    md = build_markdown(outcomes, profile, seconds, root)
+    md = build_markdown(outcomes, profile, root, threads)
     md_path, html_path = root / "REPORT.md", root / "REPORT.html"
     md_path.write_text(md)
     html_path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>RobustSeg suite report "

@@ -5,8 +5,11 @@
 1. makes sure a Jupyter kernel spec `python3` runs *this* interpreter (a private spec first on
    JUPYTER_PATH, so a fresh machine or another Python on PATH cannot take its place);
 2. executes the notebooks in dependency order (training first; later notebooks reuse its cached runs)
-   with the profile's parameters injected, writing each executed notebook to `runs/suite/<profile>/`;
-   a failing notebook stops only the notebooks that depend on it;
+   with the profile's parameters injected and a fixed number of threads (`--threads`, default 2: the
+   same numbers on every machine), writing each executed notebook to `runs/suite/<profile>/`; a
+   failing notebook stops only the notebooks that depend on it. While a notebook runs, its log records
+   (the run being trained, each epoch, with an ETA) are shown here and kept in
+   `runs/suite/<profile>/logs/<notebook>.log`, not in the notebook;
 3. writes `figures/REPORT.md` and `figures/REPORT.html` (`workbench.report`): every table and figure
    the notebooks saved (`workbench.plotting.Figures` indexes, `figures/<profile>/<notebook>/`), the
    runs' configs, the versions and the git commit;
@@ -19,11 +22,14 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workbench.checkpoint import git_commit
 from workbench.errors import ConfigError, MissingFile, UnknownName
 from workbench.paths import REPO_ROOT, figures_dir, runs_dir
 from workbench.report import clock, relative, write_report
@@ -33,6 +39,12 @@ log = logging.getLogger(__name__)
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 PROFILES = ("smoke", "quick", "paper")
 KERNEL_NAME = "python3"
+# Threads of every kernel (torch, OpenMP, MKL): CPU results are bitwise repeatable only for one thread count,
+# so the committed figures are what `make suite` writes on any machine with this many threads.
+THREADS = 2
+# The file a kernel started by the suite writes its workbench log records to (one JSON object a line); the
+# suite tails it to show which run is training, its epoch and an ETA, and the notebook stays clean.
+SUITE_LOG_ENV = "WORKBENCH_SUITE_LOG"
 
 
 @dataclass(frozen=True)
@@ -56,7 +68,7 @@ NOTEBOOKS = (
 
 # Parameters injected per profile ("*": every notebook that declares them); the rest keep the notebook's own.
 PROFILE_PARAMS: dict[str, dict[str, dict]] = {
-    "smoke": {},
+    "smoke": {"02_ablations": {"methods": ["baseline", "basic_kd", "robustseg"]}},  # three rows keep CI fast
     "quick": {"02_ablations": {"methods": None, "seeds": [0]}},
     "paper": {"*": {"dataset": "deliver", "data_root": "data/DELIVER"},
               "02_ablations": {"methods": None, "seeds": [0]}},
@@ -77,8 +89,9 @@ class Outcome:
 # ----------------------------------------------------------------------------------------------
 # Kernel and notebook discovery
 
-def ensure_kernel(name: str = KERNEL_NAME) -> str:
-    """A kernel spec `name` that starts `sys.executable -m ipykernel_launcher`, first on JUPYTER_PATH."""
+def ensure_kernel(name: str = KERNEL_NAME, threads: int | None = THREADS) -> str:
+    """A kernel spec `name` that starts `sys.executable -m ipykernel_launcher`, first on JUPYTER_PATH, with
+    `threads` threads (None: the machine's default) and the workbench's log records sent to the suite."""
     import importlib.util
 
     if importlib.util.find_spec("ipykernel") is None:
@@ -89,8 +102,11 @@ def ensure_kernel(name: str = KERNEL_NAME) -> str:
     spec_dir.mkdir(parents=True, exist_ok=True)
     # the kernel's own log (a warning that local TCP is unencrypted, an interrupt at shutdown) would fill
     # the suite's output; errors in cells are reported from the executed notebook instead
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "--log-level=CRITICAL", "-f", "{connection_file}"],
-            "display_name": "Python 3 (workbench)", "language": "python", "metadata": {"debugger": True}}
+    argv = [sys.executable, "-m", "ipykernel_launcher", "--log-level=CRITICAL",
+            "--IPKernelApp.exec_lines=import workbench.suite; workbench.suite.log_to_suite()", "-f", "{connection_file}"]
+    env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if threads else {}
+    spec = {"argv": argv, "env": env, "display_name": "Python 3 (workbench)", "language": "python",
+            "metadata": {"debugger": True}}
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
     paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
     if str(root) not in paths:
@@ -142,6 +158,106 @@ def parameters_for(path: Path, name: str, profile: str, extra: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# Progress: the kernel's log records, shown by the suite
+
+class _JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"t": record.created, "name": record.name, "level": record.levelname,
+                           "message": record.getMessage()})
+
+
+class _NotebookStderr(logging.StreamHandler):
+    """Warnings and errors still show in the notebook: written to whatever `sys.stderr` is at the time."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def log_to_suite() -> None:
+    """In a kernel the suite started (it runs this first): the workbench's INFO records go to the file
+    named by WORKBENCH_SUITE_LOG, which the suite shows as progress; warnings also go to the notebook.
+    Anywhere else (JupyterLab, a script) it does nothing."""
+    path = os.environ.get(SUITE_LOG_ENV)
+    if not path:
+        return
+    logger = logging.getLogger("workbench")
+    logger.setLevel(logging.INFO)
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(_JsonLines())
+    to_notebook = _NotebookStderr()
+    to_notebook.setLevel(logging.WARNING)
+    to_notebook.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+    logger.addHandler(to_file)
+    logger.addHandler(to_notebook)
+    logger.propagate = False
+
+
+_TRAINING = re.compile(r"^training (?P<run>.+?\(\w+, seed \d+\))")
+_EPOCH = re.compile(r"^\S+ epoch (?P<epoch>\d+)/(?P<epochs>\d+): (?P<rest>.*)$", re.S)
+
+
+class Progress:
+    """Turns a kernel's log records into progress lines: which run is training, its epochs, an ETA."""
+
+    def __init__(self, notebook: str, log_file: str = "the kernel's log"):
+        self.notebook, self.log_file = notebook, log_file
+        self.run, self.t_run = "", 0.0
+
+    def line(self, rec: dict) -> str:
+        message = str(rec.get("message", "")).replace(f"{REPO_ROOT}{os.sep}", "")
+        t = float(rec.get("t", time.time()))
+        if m := _TRAINING.match(message):
+            self.run, self.t_run = m["run"], t
+        elif (m := _EPOCH.match(message)) and self.run:
+            epoch, epochs = int(m["epoch"]), int(m["epochs"])
+            eta = (t - self.t_run) / epoch * (epochs - epoch)
+            message = f"training {self.run}: epoch {epoch}/{epochs}, {m['rest']}" + (
+                f", ETA {clock(eta)}" if epoch < epochs else f", done in {clock(t - self.t_run)}")
+        lines = message.splitlines() or [""]
+        more = f" (+{len(lines) - 1} lines in {self.log_file})" if len(lines) > 1 else ""
+        return f"{self.notebook} | {lines[0]}{more}"
+
+
+class Tail(threading.Thread):
+    """Follows a kernel's log file while its notebook runs, showing each record through the suite's log."""
+
+    def __init__(self, path: Path, notebook: str, every: float = 0.5):
+        super().__init__(daemon=True)
+        self.path, self.every, self.progress = path, every, Progress(notebook, relative(path))
+        self._done, self._offset, self._partial = threading.Event(), 0, ""
+
+    def poll(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, encoding="utf-8") as f:
+            f.seek(self._offset)
+            text = self._partial + f.read()
+            self._offset = f.tell()
+        *lines, self._partial = text.split("\n")
+        for raw in lines:
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            level = logging.getLevelName(rec.get("level", "INFO"))
+            log.log(level if isinstance(level, int) else logging.INFO, "%s", self.progress.line(rec))
+
+    def run(self) -> None:
+        while not self._done.wait(self.every):
+            self.poll()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+        self.poll()  # what was written after the last poll
+
+
+# ----------------------------------------------------------------------------------------------
 # Execution
 
 def _first_lines(source: str, n: int = 3) -> str:
@@ -156,6 +272,12 @@ def execute(nb: Notebook, src: Path, out_dir: Path, profile: str, kernel: str, e
     from papermill.exceptions import PapermillExecutionError
 
     outcome = Outcome(nb.name, executed=out_dir / src.name)
+    kernel_log = out_dir / "logs" / f"{nb.name}.log"
+    kernel_log.parent.mkdir(parents=True, exist_ok=True)
+    kernel_log.write_text("")
+    os.environ[SUITE_LOG_ENV] = str(kernel_log)  # the kernel inherits it: see log_to_suite
+    tail = Tail(kernel_log, nb.name)
+    tail.start()
     t0 = time.perf_counter()
     try:
         outcome.parameters = parameters_for(src, nb.name, profile, extra)
@@ -171,14 +293,19 @@ def execute(nb: Notebook, src: Path, out_dir: Path, profile: str, kernel: str, e
         outcome.status = "failed"
         outcome.error = f"{type(e).__name__}: {e}".strip()
         outcome.cell = "(no cell: the notebook could not be executed)"
+    finally:
+        tail.stop()
+        os.environ.pop(SUITE_LOG_ENV, None)
     outcome.seconds = time.perf_counter() - t0
     return outcome
 
 
 def run_suite(notebooks: list[Notebook], notebooks_dir: Path, out_dir: Path, profile: str, extra: dict | None = None,
-              progress: bool = False, log_output: bool = False, timeout: int | None = None) -> list[Outcome]:
-    """Execute `notebooks` in order; a notebook whose dependency failed is skipped."""
-    kernel = ensure_kernel()
+              progress: bool = False, log_output: bool = False, timeout: int | None = None,
+              threads: int | None = THREADS) -> list[Outcome]:
+    """Execute `notebooks` in order, each kernel with `threads` threads; a notebook whose dependency failed
+    is skipped."""
+    kernel = ensure_kernel(threads=threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, Outcome] = {}
     t_start, n = time.perf_counter(), len(notebooks)
@@ -222,6 +349,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--notebooks", type=Path, default=NOTEBOOKS_DIR, help="folder of the notebooks")
     p.add_argument("--out", type=Path, default=None, help="executed notebooks (default runs/suite/<profile>)")
     p.add_argument("--timeout", type=int, default=None, help="seconds per cell (default: none)")
+    p.add_argument("--threads", type=int, default=THREADS,
+                   help=f"threads of each notebook's kernel (default {THREADS}; results are bitwise repeatable "
+                        f"for one thread count, so the committed figures use this one; 0: the machine's default)")
     p.add_argument("--cell-progress", action="store_true", help="papermill's per-cell progress bar")
     p.add_argument("--log-output", action="store_true", help="stream the notebooks' outputs to this terminal")
     p.add_argument("--no-report", action="store_true", help="skip figures/REPORT.md / REPORT.html")
@@ -238,15 +368,21 @@ def run(args: argparse.Namespace) -> int:
             print(nb.name + (f"  (after {', '.join(nb.needs)})" if nb.needs else ""))
         return 0
     out_dir = args.out or runs_dir() / "suite" / args.profile
-    log.info("profile %s: %d notebooks -> %s; figures -> %s", args.profile, len(notebooks), relative(out_dir),
-             relative(figures_dir()))
+    threads = args.threads or None
+    log.info("profile %s: %d notebooks -> %s; figures -> %s; %s", args.profile, len(notebooks), relative(out_dir),
+             relative(figures_dir()), f"{threads} threads per kernel" if threads else "the machine's thread count")
     t0 = time.perf_counter()
     outcomes = run_suite(notebooks, args.notebooks, out_dir, args.profile, extra, args.cell_progress,
-                         args.log_output, args.timeout)
+                         args.log_output, args.timeout, threads)
     seconds = time.perf_counter() - t0
     if not args.no_report:
-        paths = write_report(outcomes, args.profile, seconds)
+        paths = write_report(outcomes, args.profile, threads=threads)
         log.info("report: %s and %s", relative(paths["md"]), relative(paths["html"]))
+        commit = git_commit()
+        if commit.endswith("+dirty"):
+            log.warning("the code has uncommitted changes (outside figures/): the figures may not be reproducible "
+                        "from commit %s, and the report says so; commit, then run the suite again",
+                        commit.removesuffix("+dirty")[:12])
     ok = sum(o.status == "ok" for o in outcomes)
     log.info("%d/%d notebooks ok in %s (%.1f s)", ok, len(outcomes), clock(seconds), seconds)
     failures = [o for o in outcomes if o.status != "ok"]

@@ -83,6 +83,27 @@ def move_batch(batch: dict, device: torch.device, channels_last: bool = False) -
     return out
 
 
+class TensorBoard:
+    """TensorBoard event files in `<run>/tensorboard/` beside metrics.jsonl (`train.log=tensorboard`): every
+    number of a metrics record as a scalar at its step. A resumed run drops events after its checkpoint."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None = None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("train.log=tensorboard needs the tensorboard package: pip install -e .[tensorboard] "
+                              "(or keep train.log=jsonl; metrics.jsonl is always written)") from None
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+
+    def write(self, entry: dict) -> None:
+        for key, value in entry.items():
+            if key not in ("step", "epoch") and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, entry["step"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def _jsonable(logs: dict) -> dict:
     return {k: (float(v.detach()) if torch.is_tensor(v) else v) for k, v in logs.items()}
 
@@ -143,6 +164,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     info = write_run_info(run_dir, cfg.to_json(), {"loss_weights": weights} if weights else None) if ctx.is_main else {}
     if ctx.is_main:  # metrics.jsonl mirrors the checkpoint's history, so a resumed run never holds stale lines
         atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    board = TensorBoard(run_dir, step + 1 if step else None) if cfg.train.log == "tensorboard" and ctx.is_main else None
 
     def checkpoint(epoch: int, path: Path) -> None:
         if ctx.is_main:
@@ -158,6 +180,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         if ctx.is_main:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(entry) + "\n")
+        if board is not None:
+            board.write(entry)
 
     last_val, epoch = None, start_epoch - 1
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -236,5 +260,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         final = load_checkpoint(last_path)
         final.pop("optimizer"), final.pop("scheduler")
         save_checkpoint(final_path, final)
+    if board is not None:
+        board.close()
     ctx.barrier()
     return TrainResult(run_dir, final_path, history, last_val)

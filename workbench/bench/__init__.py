@@ -5,4 +5,5 @@ BENCHES = {
     "combos": "workbench.bench.combos",  # one-pass all-combination evaluation vs one forward per combination
     "losses": "workbench.bench.losses",  # vectorized HPD losses vs loop references
     "step": "workbench.bench.step",  # a RobustSeg training step vs a baseline step
+    "contention": "workbench.bench.contention",  # the training step beside a busy process, sleeping vs spinning
 }

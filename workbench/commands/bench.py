@@ -9,7 +9,8 @@ from workbench.bench import BENCHES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="bench", required=True, metavar="NAME")
+    sub = p.add_subparsers(dest="bench", required=True, metavar="NAME",
+                           help="the benchmark (`bench NAME --help` lists its options)")
     for name, module in BENCHES.items():
         mod = importlib.import_module(module)
         sp = sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])

@@ -8,7 +8,7 @@ from workbench.data import checks
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="what to do with a dataset")
     checks.add_arguments(sub.add_parser("check", help="check a real dataset tree against its layout"))
 
 

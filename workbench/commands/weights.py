@@ -8,7 +8,7 @@ from workbench.models import mit_weights
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="what to do with weights")
     mit_weights.add_arguments(sub.add_parser("import-mit", help="convert an official SegFormer MiT checkpoint"))
 
 

@@ -1,0 +1,126 @@
+"""The suite's report (`workbench.report`) and the commit it is stamped with (`checkpoint.git_commit`): a
+one-screen summary first, paths relative to the repository, uncommitted changes said plainly, and the
+same bytes when written twice; regenerated figures never make the code "dirty"."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from workbench import report  # noqa: E402
+from workbench.checkpoint import git_commit  # noqa: E402
+from workbench.paths import REPO_ROOT  # noqa: E402
+from workbench.plotting import Figures  # noqa: E402
+from workbench.suite import Outcome  # noqa: E402
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_git_commit_ignores_figures(tmp_path):
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "config", "user.email", "t@example.org")
+    _git(tmp_path, "config", "user.name", "t")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "a.csv").write_text("a\n1\n")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "code and figures")
+    code = _git(tmp_path, "rev-parse", "HEAD")
+    assert git_commit(tmp_path) == code
+    (tmp_path / "figures" / "a.csv").write_text("a\n2\n")  # the suite rewrote a figure
+    assert git_commit(tmp_path) == code, "rewritten figures are not uncommitted code"
+    _git(tmp_path, "commit", "-qam", "figures only")
+    assert _git(tmp_path, "rev-parse", "HEAD") != code
+    assert git_commit(tmp_path) == code, "a commit of figures alone stamps the same code"
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == code + "+dirty"
+    (tmp_path / "new.py").write_text("")  # untracked files do not count
+    _git(tmp_path, "checkout", "-q", "code.py")
+    assert git_commit(tmp_path) == code
+    assert git_commit(tmp_path / "nowhere") == "unknown"
+
+
+def _saved_notebooks(root: Path, profile: str = "smoke") -> None:
+    """What notebooks 02, 03 and 07 save, with made-up numbers."""
+    ab = Figures("02_ablations", profile, root=root)
+    ab.table([{"method": m, "protocol": p, "seeds": 2, "emm_mean": emm + (p == "zero"), "emm_std": 0.5,
+               "full_mean": full, "full_std": 0.25, "paper_emm": 40.0, "paper_full": 60.0}
+              for m, emm, full in (("baseline", 20.0, 41.0), ("robustseg", 34.5, 40.5)) for p in ("drop", "zero")],
+             "ablation_table")
+    comb = Figures("03_combinations", profile, root=root)
+    for name in ("combination_heatmap", "expectations", "shapley"):
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, 1], [0, 1])
+        comb.save(fig, name, rows=[{"x": 1}], title=f"title of {name}")
+        plt.close(fig)
+    fb = Figures("07_feedback", profile, root=root)
+    fig, ax = plt.subplots(figsize=(2, 2))
+    fb.save(fig, "teacher_delta_drop", rows=[{"x": 1}], title="Teacher before / after feedback (drop)")
+    plt.close(fig)
+
+
+@pytest.fixture
+def report_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    root = tmp_path / "figures"
+    _saved_notebooks(root)
+    return root
+
+
+def _outcomes(root: Path) -> list[Outcome]:
+    return [Outcome(name, "ok", 1.5, REPO_ROOT / "runs" / "suite" / "smoke" / f"{name}.ipynb", {"profile": "smoke"})
+            for name in ("02_ablations", "03_combinations", "07_feedback")]
+
+
+def test_report_opens_with_the_summary(report_root, monkeypatch):
+    monkeypatch.setattr(report, "git_commit", lambda: "abc123")
+    md = report.write_report(_outcomes(report_root), "smoke", root=report_root, threads=2)["md"].read_text()
+    summary, details = md.split("# Details")
+    assert "each kernel with 2 threads" in summary
+    assert "## Summary" in summary and "`abc123` (no uncommitted changes" in summary
+    # the headline table: one row per method, EMM per protocol and full mIoU, mean ± std over seeds
+    assert "| method | full | EMM drop | EMM zero | paper EMM / full (DeLiVER) |" in summary
+    assert "| baseline | 41.00 ± 0.25 | 20.00 ± 0.50 | 21.00 ± 0.50 | 40.00 / 60.00 |" in summary
+    assert "smoke/02_ablations/ablation_table.csv" in summary
+    # the three figures of the story, in order; the expectations figure only in the details
+    order = [summary.index(f"smoke/{p}.png") for p in
+             ("03_combinations/combination_heatmap", "03_combinations/shapley", "07_feedback/teacher_delta_drop")]
+    assert order == sorted(order) and "expectations.png" not in summary and "expectations.png" in details
+    assert len(summary.splitlines()) < 40, "the summary fits one screen"
+    assert str(REPO_ROOT) not in md and "/tmp" not in md, "paths are relative to the repository"
+    html = (report_root / "REPORT.html").read_text()
+    assert html.count("<img ") >= 4 and "<table" in html
+
+
+def test_report_says_plainly_when_the_code_had_uncommitted_changes(report_root, monkeypatch):
+    monkeypatch.setattr(report, "git_commit", lambda: "abc123+dirty")
+    md = report.write_report(_outcomes(report_root), "smoke", root=report_root)["md"].read_text()
+    head = md.split("## Summary")[0]
+    assert "`abc123` **with uncommitted changes**" in head and "+dirty" not in head
+
+
+def test_report_is_the_same_file_when_written_twice(report_root, monkeypatch):
+    monkeypatch.setattr(report, "git_commit", lambda: "abc123")
+    first = report.write_report(_outcomes(report_root), "smoke", root=report_root)["md"].read_bytes()
+    time.sleep(1.1)
+    slower = [Outcome(o.name, o.status, 99.0, o.executed, o.parameters) for o in _outcomes(report_root)]
+    assert report.write_report(slower, "smoke", root=report_root)["md"].read_bytes() == first
+
+
+def test_headline_falls_back_to_the_combination_summary(tmp_path):
+    comb = Figures("03_combinations", "smoke", root=tmp_path)
+    comb.table([{"method": "baseline", "protocol": p, "full": 41.0, "emm": e, "worst": 1.0}
+                for p, e in (("drop", 20.0), ("zero", 13.0))], "summary")
+    rows, source = report.headline_rows("smoke", report._entries("smoke", [], tmp_path), tmp_path)
+    assert rows == [{"method": "baseline", "full": "41.00", "EMM drop": "20.00", "EMM zero": "13.00"}]
+    assert source == "smoke/03_combinations/summary.csv"
