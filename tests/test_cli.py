@@ -42,7 +42,65 @@ def test_evaluate_every_protocol_from_the_command_line(tmp_path, capsys):
     assert "data.case='snow'" in capsys.readouterr().err
 
 
-TINY = ["--set", "data.train_samples=8", "--set", "data.val_samples=4", "--set", "data.test_samples=4"]
+TINY = ["--set", "data.train_samples=8", "--set", "data.val_samples=4", "--set", "data.test_samples=4",
+        "--set", "train.epochs=1"]
+
+
+def _no_traceback(err: str) -> str:
+    assert "Traceback" not in err and err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_train_out_over_a_finished_run_refuses_without_force(tmp_path, capsys):
+    out = ["train", "--preset", "tiny", "--out", str(tmp_path / "run"), "--quiet", "--eval-split", "none", *TINY]
+    assert main(out) == 0
+    before = (tmp_path / "run" / "final.pt").read_bytes()
+    capsys.readouterr()
+    assert main(out) == 2
+    err = _no_traceback(capsys.readouterr().err)
+    assert str(tmp_path / "run") in err and "--resume" in err and "--force" in err
+    assert (tmp_path / "run" / "final.pt").read_bytes() == before
+    assert main([*out, "--resume"]) == 0  # finished: reused as it is
+    assert main([*out, "--force"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_every_bad_input_is_one_clear_error_line(tmp_path, capsys):
+    """Each of these used to end in a traceback or a bare key name."""
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--out", str(run), "--quiet", "--eval-split", "none", *TINY]) == 0
+    capsys.readouterr()
+    (tmp_path / "file").write_text("x")
+    weights_only = tmp_path / "weights.pt"
+    import torch
+
+    from workbench.checkpoint import load_checkpoint
+
+    torch.save(load_checkpoint(run / "final.pt")["model"], weights_only)
+    cases = [  # (argv, exit status, words the message must hold)
+        (["evaluate", str(run), "--split", "train2"], 2, ["train2", "valid splits", "train, val, test"]),
+        (["evaluate", str(run), "--which", "teacher"], 1, ["holds no teacher", "which"]),
+        (["evaluate", str(weights_only)], 1, [str(weights_only), "not a workbench checkpoint", "config"]),
+        (["evaluate", str(run), "--device", "cuda"], 2, ["CUDA is not available", "cpu"]),
+        (["evaluate", str(run), "--device", "gpu"], 2, ["'gpu'", "auto, cpu, cuda or cuda:N"]),
+        (["evaluate", str(run), "--window", "0"], 2, ["--window 0", "at least 32"]),
+        (["evaluate", str(run), "--window", "-64"], 2, ["--window -64", "at least 32"]),
+        (["evaluate", str(run), "--window", "64", "--protocol", "rmm"], 2, ["--window", "zero", "drop"]),
+        (["evaluate", str(run), "--out", str(tmp_path / "file")], 2, [str(tmp_path / "file"), "is a file"]),
+        (["train", "--preset", "tiny", "--set", "train.device=cuda", "--out", str(tmp_path / "c"), *TINY], 2,
+         ["CUDA is not available"]),
+        (["evaluate", str(run), "--protocol", "rmm", "--rates", "half"], 2, ["--rates 'half'", "numbers"]),
+        (["ablate", "--profile", "tiny", "--seeds", "0,x"], 2, ["--seeds '0,x'", "integers"]),
+        (["train", "--preset", "tiny", "--set", "data.eval_size=16"], 2, ["data.eval_size=16", "32"]),
+        (["train", "--preset", "tiny", "--out", str(tmp_path / "file"), *TINY], 2, [str(tmp_path / "file"), "is a file"]),
+        (["train", "--preset", "robustseg", "--profile", "tiny", "--set", f"distill.teacher={tmp_path / 'nope.pt'}",
+          "--out", str(tmp_path / "s"), *TINY], 1, ["nope.pt", "does not exist"]),
+    ]
+    for argv, status, words in cases:
+        assert main([*argv, "--quiet"]) == status, argv
+        err = _no_traceback(capsys.readouterr().err)
+        for w in words:
+            assert w in err, (argv, w, err)
 
 
 def _actions(parser, path=()):
@@ -120,7 +178,7 @@ def test_config_file_reruns_a_runs_config(tmp_path, capsys):
 
 def test_train_prints_a_line_at_the_end_of_each_epoch(tmp_path, capsys):
     assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "run"), "--eval-split", "none",
-                 "--set", "train.epochs=2", *TINY]) == 0
+                 *TINY, "--set", "train.epochs=2"]) == 0
     err = capsys.readouterr().err
     for epoch in (1, 2):
         assert f"[train] baseline epoch {epoch}/2: step" in err
@@ -149,7 +207,7 @@ def test_tensorboard_logging_writes_events_beside_the_jsonl(tmp_path):
 
     run = tmp_path / "run"
     assert main(["train", "--preset", "tiny", "--out", str(run), "--quiet", "--eval-split", "none",
-                 "--set", "train.epochs=2", "--set", "train.log=tensorboard", *TINY]) == 0
+                 *TINY, "--set", "train.epochs=2", "--set", "train.log=tensorboard"]) == 0
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     records = read_records(run)

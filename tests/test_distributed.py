@@ -47,7 +47,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     ds = dataset_from_config(cfg.data, "val", augment=False)
     loader = DataLoader(ds, batch_size=2, sampler=ShardSampler(len(ds), rank, world), collate_fn=Collate(ds.modalities))
     sharded = evaluate_combinations(model, loader, progress=False, reduce_fn=ctx.all_reduce_sum,
-                                    conditions=ds.conditions)
+                                    conditions=ds.conditions, cases=ds.cases)
     if rank == 0:
         torch.save({k: v for k, v in sharded.cms.items()}, os.path.join(out, "sharded.pt"))
     dist.barrier()

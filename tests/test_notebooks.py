@@ -135,9 +135,10 @@ def smoke_suite(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_smoke_suite_passes_in_budget(smoke_suite):
+def test_smoke_suite_passes(smoke_suite, record_property):
+    """Behaviour only: the time depends on the machine and its load (README "Measured here" has it)."""
+    record_property("smoke_suite_seconds", round(smoke_suite["seconds"], 1))
     assert smoke_suite["rc"] == 0, f"the smoke suite failed; executed notebooks in {smoke_suite['out']}"
-    assert smoke_suite["seconds"] < 180, f"smoke suite took {smoke_suite['seconds']:.0f} s (budget 180 s)"
     report = (smoke_suite["figures"] / "REPORT.md").read_text()
     for name in NAMES:
         assert f"## {name}" in report
@@ -274,3 +275,18 @@ def test_select_and_params():
     assert params == {"profile": "quick", "methods": None, "seeds": [0], "seed": 3}
     params = suite.parameters_for(REPO_ROOT / "notebooks" / "06_sliders.ipynb", "06_sliders", "paper", {})
     assert params == {"profile": "paper", "dataset": "deliver", "data_root": "data/DELIVER"}
+
+
+def test_undeclared_parameters_are_warned_about(caplog):
+    """A `-p` name that a notebook does not declare is not passed to it, and the suite says so."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="workbench.suite"):
+        params = suite.parameters_for(REPO_ROOT / "notebooks" / "02_ablations.ipynb", "02_ablations", "quick",
+                                      {"seed": 3, "sedes": [0, 1]})
+    assert "sedes" not in params and params["seed"] == 3
+    assert "02_ablations does not declare -p sedes" in caplog.text and "seeds" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="workbench.suite"):
+        suite.parameters_for(REPO_ROOT / "notebooks" / "02_ablations.ipynb", "02_ablations", "quick", {"seed": 3})
+    assert caplog.text == ""

@@ -435,3 +435,41 @@ def test_check_dataset_other_layouts(muses_root, mcubes_root, tmp_path):
     assert report.ok and report.splits["val"].samples == 1 and report.splits["train"].label_values[-1] == 255
     empty = check_dataset(tmp_path / "empty", "mcubes")
     assert not empty.ok and "is not a folder" in str(empty)
+
+
+def test_check_dataset_reads_every_modality_header(deliver_root, capsys):
+    """A zero-byte RGB, a GIF named .png and a depth map of the wrong size are each a problem (they used to
+    pass: only labels were decoded); a file cut after its header is found with --full."""
+    report = check_dataset(deliver_root, "deliver", splits=["train"])
+    assert report.ok and report.splits["train"].headers_read == 3 * 5  # 4 modalities + label per sample
+    assert "rgb: 3 files, 4 channels, 20x16" in str(report)
+    where = Path("cloud/train/MAP_1_point10")
+    (deliver_root / "img" / where / "000050_rgb_front.png").write_bytes(b"")
+    Image.fromarray(np.zeros((16, 20), np.uint8)).save(deliver_root / "lidar" / where / "000100_lidar_front.png",
+                                                        format="GIF")
+    save(deliver_root / "hha" / where / "000050_depth_front.png", np.zeros((8, 20, 3), np.uint8))
+    report = check_dataset(deliver_root, "deliver", splits=["train"])
+    text = str(report)
+    assert "cannot decode 1 rgb file(s): img/cloud/train/MAP_1_point10/000050_rgb_front.png (an empty file)" in text
+    assert "lidar/cloud/train/MAP_1_point10/000100_lidar_front.png (a GIF file named .png)" in text
+    assert "hha/cloud/train/MAP_1_point10/000050_depth_front.png is 20x8, its label 20x16" in text
+    assert "event" not in text.split("problem(s):")[1], "DeLiVER's half-resolution events are resized by the loader"
+    assert cli_main(["data", "check", str(deliver_root), "--dataset", "deliver", "--split", "train"]) == 1
+    capsys.readouterr()
+
+    fresh = make_deliver(deliver_root.parent / "fresh")
+    path = fresh / "event" / "fog" / "val" / "MAP_3_point7" / "000200_event_front.png"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 30])  # the header is intact, the pixel data is cut
+    assert check_dataset(fresh, "deliver", splits=["val"]).ok
+    full = check_dataset(fresh, "deliver", splits=["val"], full=True)
+    assert not full.ok and "000200_event_front.png" in str(full)
+    assert cli_main(["data", "check", str(fresh), "--dataset", "deliver", "--split", "val", "--full"]) == 1
+    assert "000200_event_front.png" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("n", ["0", "-1"])
+def test_check_dataset_max_labels_must_be_positive(deliver_root, capsys, n):
+    assert cli_main(["data", "check", str(deliver_root), "--dataset", "deliver", "--max-labels", n]) == 2
+    err = capsys.readouterr().err
+    assert f"--max-labels {n}" in err and "at least 1" in err and "Traceback" not in err

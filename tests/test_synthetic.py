@@ -91,3 +91,22 @@ def test_complementary_evidence_by_design():
     assert np.abs(veg - ter).max() < 0.06  # same colour
     assert np.mean(height[syn.VEGETATION]) > np.mean(height[syn.TERRAIN]) + 0.05  # but not the same height
     assert np.mean(events[syn.DYNAMIC]) > 2 * np.mean(events[syn.CAR])  # moving vehicles fire events
+
+
+def test_data_case_is_applied_or_refused():
+    """`data.case` on the synthetic benchmark renders every sample with that condition or failure case (it
+    used to be ignored: the same data, bit-identical weights); an unknown case lists the valid ones."""
+    from workbench.config import apply_overrides, preset
+    from workbench.data import dataset_from_config
+    from workbench.errors import ConfigError
+
+    base = apply_overrides(preset("tiny"), {"data.train_samples": 4})
+    plain = dataset_from_config(base.data, "train", augment=False)
+    for case, key in (("fog", "condition"), ("overexposure", "case")):
+        cfg = apply_overrides(base, {"data.case": case})
+        ds = dataset_from_config(cfg.data, "train", augment=False)
+        assert all(ds[i]["meta"][key] == case for i in range(len(ds)))
+        assert not torch.equal(ds[0]["rgb"], plain[0]["rgb"])
+        assert cfg.hash() != base.hash()
+    with pytest.raises(ConfigError, match="data.case='snow'.*fog.*overexposure"):
+        dataset_from_config(apply_overrides(base, {"data.case": "snow"}).data, "train")

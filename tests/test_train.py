@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from workbench.checkpoint import CheckpointError, load_checkpoint
-from workbench.config import apply_overrides
+from workbench.config import apply_overrides, preset
 from workbench.data import build_dataset
 from workbench.data.base import check_label
+from workbench.errors import ConfigError, RunLocked
 from workbench.models import load_model
 from workbench.train import TrainingDiverged, lr_factor, train
 
@@ -116,3 +117,115 @@ def test_lr_schedule_warms_up_then_decays():
     f = [lr_factor(i, 100, 10, 0.9) for i in range(100)]
     assert f[0] == pytest.approx(0.1) and f[10] == pytest.approx(1.0)
     assert all(a <= b for a, b in zip(f[:10], f[1:11])) and all(a >= b for a, b in zip(f[10:], f[11:]))
+
+
+def test_non_finite_weights_are_never_checkpointed(tiny_cfg, tmp_path, monkeypatch):
+    """Weights that turn NaN on a step whose loss was finite (here: the last step of epoch 2) stop the run
+    before validation and before the checkpoint: last.pt stays the good one of epoch 1."""
+    from workbench import methods
+
+    orig, calls = methods.Supervised.after_step, {"n": 0}
+
+    def poisoned(self, batch, gen, lr):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        return orig(self, batch, gen, lr)
+
+    monkeypatch.setattr(methods.Supervised, "after_step", poisoned)
+    run = tmp_path / "r"
+    with pytest.raises(TrainingDiverged) as e:
+        train(apply_overrides(tiny_cfg, ["train.epochs=3"]), run, progress=False)
+    msg = str(e.value)
+    assert "non-finite weights after step 4" in msg and "ce=" in msg and str(run / "last.pt") in msg
+    state = load_checkpoint(run / "last.pt")
+    assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not (run / "final.pt").exists()
+
+
+def test_huge_learning_rate_stops_with_only_finite_checkpoints(tiny_cfg, tmp_path):
+    """lr=1000 on the tiny preset diverges (seed 1: the weights turn NaN at the end of epoch 2 while the loss
+    of that step is finite); the stop names the step, the loss terms and the good checkpoint that remains."""
+    run = tmp_path / "r"
+    with pytest.raises(TrainingDiverged) as e:
+        train(apply_overrides(tiny_cfg, ["train.lr=1000", "train.epochs=4", "train.seed=1"]), run, progress=False)
+    msg = str(e.value)
+    assert "step " in msg and "ce=" in msg and "last good checkpoint" in msg
+    assert str(run / "last.pt") in msg and not (run / "final.pt").exists()
+    state = load_checkpoint(run / "last.pt")
+    bad = [k for k, v in state["model"].items() if not torch.isfinite(v).all()]
+    assert bad == [], f"the checkpoint the message calls good holds {len(bad)} non-finite tensors"
+    load_model(run / "last.pt")
+
+
+def test_distillation_resume_gives_the_same_records(tiny_cfg, tmp_path, monkeypatch):
+    """RobustSeg's ASM statistics between validations are part of the checkpoint: a run killed in the middle
+    of epoch 2 (val every 2 epochs) and resumed writes the same metrics.jsonl and weights as an uninterrupted one."""
+    from workbench import methods
+
+    teacher = train(tiny_cfg, tmp_path / "teacher", progress=False).checkpoint
+    cfg = apply_overrides(preset("robustseg", "tiny"), {"data.train_samples": 8, "data.val_samples": 4,
+                                                        "data.test_samples": 4, "train.epochs": 3,
+                                                        "train.val_every": 2})
+    full = train(cfg, tmp_path / "full", progress=False, teacher_checkpoint=teacher)
+    orig, calls = methods.Distiller.training_step, {"n": 0}
+
+    def killed(self, batch, gen):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return orig(self, batch, gen)
+
+    monkeypatch.setattr(methods.Distiller, "training_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", progress=False, teacher_checkpoint=teacher)
+    monkeypatch.setattr(methods.Distiller, "training_step", orig)
+    train(cfg, tmp_path / "cut", resume=True, progress=False, teacher_checkpoint=teacher)
+
+    def records(run):
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in x.items() if k != "img_per_s"} for x in lines]
+
+    assert any("val/primary/rgb" in r for r in records(tmp_path / "full"))
+    assert records(tmp_path / "cut") == records(tmp_path / "full")
+    a, b = load_checkpoint(full.checkpoint), load_checkpoint(tmp_path / "cut" / "final.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["method"]["teacher"][k], b["method"]["teacher"][k]) for k in a["method"]["teacher"])
+
+
+def test_one_writer_per_run(tiny_cfg, tmp_path):
+    """A second writer of a run stops at once, naming the run and the process that holds it."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "r"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); f.truncate(0); f.write(str(os.getpid())); f.flush(); "
+         "print('locked', flush=True); time.sleep(60)", str(run / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLocked, match=rf"{run}.*process {holder.pid}"):
+            train(tiny_cfg, run, progress=False)
+        assert not (run / "metrics.jsonl").exists() and not (run / "last.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    train(tiny_cfg, run, progress=False)  # the lock went with its holder
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+def test_eval_size_below_the_encoder_stride_is_refused_before_training():
+    with pytest.raises(ConfigError, match="data.eval_size=16"):
+        apply_overrides(preset("tiny"), ["data.eval_size=16"])
+    assert apply_overrides(preset("tiny"), ["data.eval_size=32"]).data.eval_size == 32
+
+
+def test_run_dir_that_is_a_file_is_a_clear_error(tiny_cfg, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigError, match="is a file"):
+        train(tiny_cfg, tmp_path / "file", progress=False)
+    with pytest.raises(ConfigError, match="is a file"):
+        train(tiny_cfg, tmp_path / "file" / "run", progress=False)

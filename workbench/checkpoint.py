@@ -1,65 +1,323 @@
-"""Checkpoints and run records: atomic writes, strict loads, config/versions/git commit beside them."""
+"""Checkpoints and run records: atomic writes, safe strict loads, one writer per run, and the config,
+versions and git commit beside every checkpoint (docs/RELIABILITY.md lists each guarantee and its test).
+
+A checkpoint is data, never code. Checkpoints hold only tensors, numbers, strings, lists and dicts,
+and every load goes through `load_checkpoint`, which reads with `torch.load(weights_only=True)` (a file
+that holds any other Python object is refused, naming the object, before anything of it runs) and
+checks the archive's CRCs (torch itself does not: a damaged tensor would load as wrong numbers). The
+final weights are also written as safetensors (`save_weights`), which `load_checkpoint` reads too.
+
+Writes go through `atomic_write_bytes`: a temp file in the same folder, fsync, rename. The temp file
+is created with mode 0666 so that the user's umask applies, as for any file they write; its name
+carries the writer's process id, so the next write into the folder removes the temp files of writers
+that died (kill -9) without touching a write in progress. `run_lock` is the one-writer-per-run lock.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import pickle
 import platform
+import re
+import secrets
+import socket
 import subprocess
-import tempfile
+import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from workbench.errors import CheckpointError
+from workbench.errors import CheckpointError, ConfigError, RunLocked, storage_error
 from workbench.paths import REPO_ROOT
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one writer per run is then the user's job
+    fcntl = None
+
 __all__ = ["CheckpointError", "atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint",
-           "describe_mismatches", "load_state_strict", "git_commit", "versions", "write_run_info"]
+           "save_weights", "checkpoint_problem", "non_finite", "describe_mismatches", "load_state_strict",
+           "ensure_folder", "storage_error", "run_lock", "git_commit", "versions", "write_run_info"]
+
+REQUIRED = ("model", "config", "classes", "modalities")  # what every workbench checkpoint holds
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_TEMP = re.compile(r"^\..+\.(\d+)@([0-9a-f]{8})\.[0-9a-f]+\.tmp$")  # .<name>.<pid>@<host>.<random>.tmp
+_OLD_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # tempfile.mkstemp's names, written before the pid was
+_OLD_TEMP_AGE_S = 3600  # such a temp file older than this belongs to a writer that is gone
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Written by earlier versions inside run_info (torch.__version__ itself, a str subclass that unpickles
+# as a plain string); allowed so that existing runs keep loading. Nothing else is allowed.
+_LEGACY_SAFE = [torch.torch_version.TorchVersion]
 
 
-def atomic_write_bytes(path: Path, write_fn) -> None:
-    """Write through a temp file in the same folder, then rename: a crash never leaves half a file."""
+# ----------------------------------------------------------------------------------------------
+# Files and folders
+
+def ensure_folder(path: str | Path) -> Path:
+    """`mkdir -p path`, with a ConfigError when `path` or one of its parents is a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        where = f"{blocker} is a file" if blocker == path else f"{path}: {blocker} is a file"
+        raise ConfigError(f"{where}, not a folder; give a folder path (a run, --out, WORKBENCH_RUNS)") from None
+    except OSError as e:
+        raise storage_error(e, path) or e from e
+    return path
+
+
+def _writer_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove the temp files of interrupted atomic writes in `folder` whose writer is gone (a dead process
+    on this host, or an old-style temp file older than an hour); a write in progress is left alone."""
+    removed = []
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP.match(entry.name)
+        if m:
+            stale = m[2] == _HOST and not _writer_alive(int(m[1]))
+        else:
+            try:
+                stale = bool(_OLD_TEMP.match(entry.name)) and time.time() - entry.stat().st_mtime > _OLD_TEMP_AGE_S
+            except OSError:
+                stale = False
+        if stale:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def atomic_write_bytes(path: str | Path, write_fn) -> None:
+    """Write through a temp file in the same folder, then rename: a crash never leaves half a file, and the
+    previous file stays as it was until the rename. Stale temp files of dead writers are removed first."""
+    path = Path(path)
+    ensure_folder(path.parent)
+    remove_stale_temps(path.parent)
+    tmp = path.parent / f".{path.name}.{os.getpid()}@{_HOST}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 & ~umask, as open() would
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and (clear := storage_error(e, path)) is not None:
+            raise clear from e
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[Path]:
+    """Hold the run's lock (`<run>/.lock`, an exclusive `flock`) while writing the run. A second writer
+    stops at once with a RunLocked naming the run and the holder's process id; the lock goes with its
+    holder's process (also when it is killed), so it is never stale."""
+    run_dir = ensure_folder(run_dir)
+    path = run_dir / ".lock"
+    if fcntl is None:
+        yield path
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            who = f"process {holder[0]}" + (f" on {holder[1]}" if len(holder) > 1 else "") if holder else \
+                "another process"
+            raise RunLocked(f"the run {run_dir} is being written by {who} (lock {path}); wait until it finishes "
+                            f"(the same command then reuses or resumes the run) or stop that process") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _check_plain(obj, where: str = "checkpoint") -> None:
+    """Checkpoints hold only tensors and plain values (what a weights-only load reads back)."""
+    if isinstance(obj, _PLAIN) or torch.is_tensor(obj):
+        if isinstance(obj, str) and type(obj) is not str:
+            raise TypeError(f"{where} is a {type(obj).__name__} (a str subclass): store it as str(...)")
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_plain(k, f"{where} key")
+            _check_plain(v, f"{where}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+    else:
+        raise TypeError(f"{where} is a {type(obj).__name__}: a checkpoint holds only tensors, numbers, strings, lists "
+                        f"and dicts (loads refuse anything else)")
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
     path = Path(path)
+    _check_plain(state)
     atomic_write_bytes(path, lambda f: torch.save(state, f))
     return path
 
 
+def save_weights(path: str | Path, weights: dict[str, torch.Tensor], which: str, config: dict, classes, modalities
+                 ) -> Path:
+    """One set of weights as safetensors (no pickle), with the config, classes and modalities in its header
+    so that `load_checkpoint` / `load_model` rebuild the model from the file alone."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}  # no shared storage
+    header = {"format": "pt", "workbench": "1", "which": which, "config": json.dumps(config, sort_keys=True),
+              "classes": json.dumps(list(classes)), "modalities": json.dumps(list(modalities))}
+    atomic_write_bytes(path, lambda f: f.write(save(tensors, metadata=header)))
+    return path
+
+
+def _plain_message(e: BaseException) -> str:
+    text = _ANSI.sub("", str(e)).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(e).__name__
+
+
+def _damaged(path: Path, reason: str) -> CheckpointError:
+    if path.name == "final.pt":
+        advice = (f"delete {path}: running the same configuration again (train, or Run.ensure) rebuilds it from "
+                  f"last.pt beside it")
+    elif path.name == "last.pt":
+        advice = f"delete {path} to train the run again from scratch (or train with --force)"
+    else:
+        advice = "copy it again from its source, or train it again"
+    return CheckpointError(f"checkpoint {path} is truncated or corrupt ({reason}); {advice}")
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why `path` is not an intact checkpoint archive (truncated, or a member failing its CRC), else None.
+    Reads the file; unpickles nothing. torch.load checks no CRC, so damaged tensor bytes load as numbers."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return None  # its header check is the load itself
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"not a complete zip archive: {_plain_message(e)}"
+    return f"{bad} fails its CRC check" if bad else None
+
+
+def _refused(path: Path, e: BaseException) -> CheckpointError:
+    text = _ANSI.sub("", str(e))
+    m = re.search(r"Unsupported global: GLOBAL (\S+?)(?: was|\s|$)", text)
+    what = m[1] if m else next((line.split("error:", 1)[1].strip() for line in text.splitlines()
+                                if "WeightsUnpickler error:" in line), "an object other than tensors and plain values")
+    return CheckpointError(
+        f"checkpoint {path} was refused: it holds a pickled Python object ({what}) that would run code when loaded. "
+        f"Workbench checkpoints hold only tensors, numbers, strings, lists and dicts. Do not load a file you do not "
+        f"trust; if this one is yours, save its plain parts again (e.g. torch.save(model.state_dict(), ...))")
+
+
+def _load_safetensors(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            weights = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error type for a damaged header or body
+        raise _damaged(path, _plain_message(e)) from e
+    state = {"model": weights, "which": meta.get("which", "model"), "format": "safetensors"}
+    for key in ("config", "classes", "modalities"):
+        if key in meta:
+            try:
+                state[key] = json.loads(meta[key])
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{path}: the {key!r} entry of its header is not valid JSON ({e})") from None
+    config_json = path.with_name("config.json")
+    if "config" not in state and config_json.is_file():  # a file written elsewhere: its run's config beside it
+        try:
+            state["config"] = json.loads(config_json.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{config_json} is not valid JSON ({e})") from None
+    return state
+
+
+def _legacy_safe_globals():
+    """`_LEGACY_SAFE` allowed for one load (torch >= 2.5), or registered once (torch 2.4 has no context)."""
+    if hasattr(torch.serialization, "safe_globals"):
+        return torch.serialization.safe_globals(_LEGACY_SAFE)
+    torch.serialization.add_safe_globals(_LEGACY_SAFE)
+    return contextlib.nullcontext()
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """A workbench checkpoint (`.pt` or `.safetensors`), loaded without running any code from it: a file
+    that is missing, truncated, damaged, holds pickled objects or lacks what a workbench checkpoint holds
+    (`REQUIRED`) is a CheckpointError that names it and says what to do."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; train one with `python -m workbench train` "
                               f"or pass the path printed at the end of a run")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({type(e).__name__}: "
-                              f"{e}); re-run training with --resume from an intact checkpoint") from e
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path} is not a workbench checkpoint (no 'model' entry)")
+    if path.suffix == ".safetensors":
+        state = _load_safetensors(path)
+    else:
+        problem = checkpoint_problem(path)
+        if problem:
+            raise _damaged(path, problem)
+        try:
+            with _legacy_safe_globals():
+                state = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "weights only load failed" in str(e).lower():
+                raise _refused(path, e) from None
+            raise _damaged(path, _plain_message(e)) from e
+        except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as e:
+            raise _damaged(path, _plain_message(e)) from e
+    missing = [k for k in REQUIRED if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a workbench checkpoint: it lacks {', '.join(map(repr, missing))} (a run's final.pt or "
+            f"last.pt holds {', '.join(REQUIRED)}). Pretrained encoder weights are given as model.weights=FILE")
     return state
+
+
+def non_finite(state_dict: dict) -> list[str]:
+    """The names of the floating-point tensors in `state_dict` (nested dicts too) holding NaN or inf."""
+    bad = []
+    for k, v in state_dict.items():
+        if isinstance(v, dict):
+            bad += [f"{k}.{name}" for name in non_finite(v)]
+        elif torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad.append(str(k))
+    return bad
 
 
 def describe_mismatches(target: dict, state_dict: dict, target_name: str = "model", listed: int = 8) -> str:
@@ -119,14 +377,15 @@ def versions() -> dict:
 
     import workbench
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-            "numpy": numpy.__version__, "workbench": workbench.__version__,
-            "cuda": torch.version.cuda if torch.cuda.is_available() else None, "platform": platform.platform()}
+    # plain strings (torch.__version__ is a str subclass, which a weights-only load would refuse)
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "timm": str(timm.__version__),
+            "numpy": str(numpy.__version__), "workbench": str(workbench.__version__),
+            "cuda": str(torch.version.cuda) if torch.cuda.is_available() else None, "platform": platform.platform()}
 
 
 def write_run_info(run_dir: Path, cfg_json: str, extra: dict | None = None) -> dict:
     """config.json and run_info.json (versions, git commit, and `extra`) next to the checkpoints."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_folder(run_dir)
     atomic_write_text(run_dir / "config.json", cfg_json)
     info = {"versions": versions(), "git_commit": git_commit(), **(extra or {})}
     atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))

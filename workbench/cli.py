@@ -2,8 +2,9 @@
 
 Every command is a module with `add_arguments(parser)` and `run(args)`, registered in `COMMANDS`;
 only the module of the command being run is imported. Library messages go through `logging` and are
-shown here (`--quiet` keeps only warnings). A problem with the user's input (`WorkbenchError`) is
-printed as one `error: ...` line with its exit status; anything else is a bug and keeps its traceback.
+shown here (`--quiet` keeps only warnings). A problem with the user's input (`WorkbenchError`), and a
+full disk or read-only folder, is printed as one `error: ...` line with its exit status; anything else
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import importlib
 import logging
 import sys
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, storage_error
 
 DESCRIPTION = """RobustSeg workbench: train, evaluate and study robust multi-modal semantic segmentation.
 
@@ -95,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     except WorkbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a full disk (or a read-only folder) anywhere, e.g. writing a table or a figure
+        clear = storage_error(e, e.filename) if e.filename else None
+        if clear is None:
+            raise
+        print(f"error: {clear}", file=sys.stderr)
+        return clear.exit_code
 
 
 if __name__ == "__main__":

@@ -115,3 +115,11 @@ class MagicMethod(Supervised):
                 for kind in ("robust", "fragile") for j, n in enumerate(mods)}
         self._reset_counts()
         return logs
+
+    def state_dict(self) -> dict:
+        """The robust/fragile statistics since the last validation (a resumed run logs the same records)."""
+        return {"counts": {k: v.clone() if torch.is_tensor(v) else v for k, v in self.counts.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "counts" in state:
+            self.counts = {k: v.clone() if torch.is_tensor(v) else v for k, v in state["counts"].items()}

@@ -105,8 +105,9 @@ class DataConfig(_Checked):
             _positive(f"data.{key}", getattr(self, key))
         if self.size % 32:
             raise ConfigError(f"data.size={self.size} must be a multiple of 32 (the encoder's stride)")
-        if self.eval_size is not None:
-            _positive("data.eval_size", self.eval_size)
+        if self.eval_size is not None and self.eval_size < 32:
+            raise ConfigError(f"data.eval_size={self.eval_size} must be at least 32 (the encoder's stride: smaller "
+                              f"images leave its last stage empty); use None to evaluate at the stored size")
         _positive("data.num_workers", self.num_workers, allow_zero=True)
 
 

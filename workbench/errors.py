@@ -7,6 +7,10 @@ bug) keeps its traceback. Each type also subclasses the built-in a caller would 
 
 from __future__ import annotations
 
+import errno
+import shutil
+from pathlib import Path
+
 
 class WorkbenchError(Exception):
     """Base class. `exit_code` is what the command line returns for it: 2 for a wrong option or name
@@ -49,3 +53,29 @@ class CheckpointError(WorkbenchError, RuntimeError):
 
 class TrainingDiverged(WorkbenchError, RuntimeError):
     """The loss or the weights became NaN or inf; the last good checkpoint is left untouched."""
+
+
+class RunLocked(WorkbenchError, RuntimeError):
+    """Another process is writing the same run folder (one writer per run); the message names it."""
+
+
+class StorageError(WorkbenchError, OSError):
+    """A file could not be written: the disk is full, read-only, or the path is not writable."""
+
+
+def storage_error(e: OSError, path) -> StorageError | None:
+    """A clear StorageError for a disk-full or not-writable OSError while writing `path`, else None."""
+    path = Path(path)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        folder = next((p for p in (path.parent, *path.parents) if p.is_dir()), path.parent)
+        try:
+            free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free in {folder}"
+        except OSError:
+            free = str(folder)
+        kept = f"the previous {path.name} is untouched" if path.exists() else "nothing was written"
+        return StorageError(f"no space left on the device while writing {path} ({free}); {kept}. Free some space "
+                            f"or write the runs elsewhere (WORKBENCH_RUNS=DIR, or train --out DIR)")
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StorageError(f"cannot write {path}: {e.strerror}. Choose a folder you can write to (WORKBENCH_RUNS=DIR, "
+                            f"or --out DIR)")
+    return None

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from workbench.data.transforms import IGNORE_INDEX
-from workbench.errors import ConfigError, DataError
+from workbench.errors import CheckpointError, ConfigError, DataError
 from workbench.options import Convention, Metric, check, choices
 from workbench.tables import write_csv
 
@@ -534,6 +534,17 @@ def check_labels(labels: torch.Tensor, k: int, meta: list[dict]) -> None:
         raise DataError(f"labels outside 0..{k - 1} (255 = ignore) in batch with {meta[0]}")
 
 
+def check_finite(model: torch.nn.Module) -> None:
+    """A CheckpointError when a weight or buffer of `model` holds NaN or inf (a diverged run's weights would
+    otherwise be evaluated to a meaningless score)."""
+    bad = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"the model holds non-finite weights (NaN or inf) in {len(bad)} tensors ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}): it comes from a run that diverged; train it again "
+                              f"with a lower train.lr or with train.grad_clip set")
+
+
 @torch.no_grad()
 def evaluate_combinations(model, loader, protocols=("zero", "drop"), combos=None, device=None, one_pass=True,
                           convention="deliver", classes=None, progress=True, desc="eval",
@@ -545,8 +556,14 @@ def evaluate_combinations(model, loader, protocols=("zero", "drop"), combos=None
     pass the dataset's `conditions` and `cases` so that every process holds the same keys. `window`
     (and `stride`, default 3/4 of it) switches to sliding-window inference for images larger than the
     training crop; `tta` to multi-scale + flip test-time augmentation (not both)."""
+    if window is not None and window < 32:
+        raise ConfigError(f"window={window}: sliding-window inference needs windows of at least 32 pixels (the "
+                          f"encoder's stride); leave window out to evaluate whole images")
+    if window is not None and stride is not None and not 0 < stride <= window:
+        raise ConfigError(f"stride={stride} must be in 1..window ({window})")
     if window and tta is not None:
         raise ConfigError("sliding-window inference and test-time augmentation cannot be combined; choose one")
+    check_finite(model)
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device

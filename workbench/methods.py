@@ -254,7 +254,10 @@ class Distiller(Supervised):
         return logs
 
     def state_dict(self) -> dict:
-        state = {"teacher": self.teacher.state_dict(), "weights": dict(self.weights)}
+        """The teacher (changed by feedback), its optimizer, the loss weights in use, and the ASM/dropout
+        statistics gathered since the last validation (so that a resumed run logs the same records)."""
+        state = {"teacher": self.teacher.state_dict(), "weights": dict(self.weights),
+                 "counts": {k: v.clone() if torch.is_tensor(v) else v for k, v in self.counts.items()}}
         if self.teacher_opt is not None:
             state["teacher_opt"] = self.teacher_opt.state_dict()
         return state
@@ -264,6 +267,8 @@ class Distiller(Supervised):
         self.weights |= state.get("weights", {})  # a resumed run keeps the weights it started with
         if self.teacher_opt is not None:
             self.teacher_opt.load_state_dict(state["teacher_opt"])
+        if "counts" in state:  # checkpoints written before the statistics were saved resume without them
+            self.counts = {k: v.clone() if torch.is_tensor(v) else v for k, v in state["counts"].items()}
 
 
 def build_method(cfg: Config, train_ds, device: torch.device, ctx=None, teacher_checkpoint=None,

@@ -27,12 +27,13 @@ from typing import Any
 import torch
 
 from workbench import weighting as W
-from workbench.checkpoint import atomic_write_text, load_checkpoint
+from workbench.checkpoint import atomic_write_text, checkpoint_problem, load_checkpoint, run_lock
 from workbench.config import Config, apply_overrides, preset
 from workbench.data import Collate, dataset_from_config
-from workbench.errors import MissingFile
+from workbench.errors import CheckpointError, MissingFile
 from workbench.evaluate import TTA, CombinationResults, evaluate_combinations
 from workbench.models import load_model
+from workbench.models.build import checkpoint_path as resolve_checkpoint
 from workbench.options import RobustnessProtocol, Which, check
 from workbench.paths import runs_dir
 from workbench.records import Records, read_records
@@ -89,9 +90,9 @@ class Run:
 
     @classmethod
     def at(cls, path: str | Path) -> Run:
-        """An existing run: its folder (with `final.pt`) or one of its checkpoint files."""
-        path = Path(path)
-        checkpoint = path / "final.pt" if path.is_dir() else path
+        """An existing run: its folder (with `final.pt`, or a shared model's `model.safetensors` beside its
+        config.json) or one of its checkpoint files (`.pt` or `.safetensors`)."""
+        checkpoint = resolve_checkpoint(path)
         if not checkpoint.is_file():
             raise MissingFile(f"checkpoint {checkpoint} does not exist; give a run folder that holds final.pt or the path of "
                               f"a checkpoint (train one with `python -m workbench train`)")
@@ -126,10 +127,19 @@ class Run:
     # -- training ---------------------------------------------------------------------------------
     def ensure(self, progress: bool = True, retrain: bool = False) -> Run:
         """Train this run (for a student: its teacher first) unless its checkpoint exists; an interrupted
-        run resumes from `last.pt`. `retrain=True` trains again from scratch into a new folder and
-        replaces the old run only when the new one has finished (a crash leaves the old run intact)."""
+        run resumes from `last.pt`, and a cached `final.pt` that is damaged is rebuilt from it. `retrain=True`
+        trains again from scratch into a new folder and replaces the old run only when the new one has
+        finished (a crash leaves the old run intact)."""
         if self.done and not retrain:
-            return self
+            problem = checkpoint_problem(self.checkpoint)
+            if problem is None:
+                return self
+            if self.checkpoint != self.dir / "final.pt":
+                raise CheckpointError(f"checkpoint {self.checkpoint} is truncated or corrupt ({problem}); copy it again "
+                                      f"from its source or train it again")
+            log.warning("%s is truncated or corrupt (%s); rebuilding it from the run's last.pt", self.checkpoint,
+                        problem)
+            self.checkpoint.unlink()
         teacher = self.teacher
         if teacher is not None and self.config.distill.teacher is None:
             teacher.ensure(progress=progress)
@@ -142,12 +152,13 @@ class Run:
                   loss_weights=weights)
             return self
         fresh, old = self.dir.with_name(f".{self.dir.name}.retrain"), self.dir.with_name(f".{self.dir.name}.old")
-        shutil.rmtree(fresh, ignore_errors=True)
-        train(self.config, fresh, resume=False, progress=progress, teacher_checkpoint=teacher_checkpoint,
-              loss_weights=weights)
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(self.dir, old)
-        os.replace(fresh, self.dir)
+        with run_lock(self.dir):  # nobody writes the old run while its replacement trains
+            shutil.rmtree(fresh, ignore_errors=True)
+            train(self.config, fresh, resume=False, progress=progress, teacher_checkpoint=teacher_checkpoint,
+                  loss_weights=weights)
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.dir, old)
+            os.replace(fresh, self.dir)
         shutil.rmtree(old, ignore_errors=True)
         return self
 

@@ -154,6 +154,10 @@ def parameters_for(path: Path, name: str, profile: str, extra: dict) -> dict:
         raise ConfigError(f"{path} has no cell tagged 'parameters'; tag the cell that holds its parameters")
     table = PROFILE_PARAMS.get(profile, {})
     wanted = {"profile": profile, **table.get("*", {}), **table.get(name, {}), **extra}
+    dropped = sorted(k for k in extra if k not in declared)
+    if dropped:
+        log.warning("%s does not declare -p %s, so it is not passed to it (its parameters: %s)", name,
+                    ", ".join(dropped), ", ".join(declared))
     return {k: v for k, v in wanted.items() if k in declared}
 
 

@@ -4,12 +4,17 @@ A *method* (`workbench.methods`) owns the models and computes the named losses o
 loop owns everything else: data order, optimizer and poly schedule with warm-up, mixed precision,
 gradient clipping, progress, JSON-lines metrics, periodic validation on every modality combination,
 atomic checkpoints with config/versions/git commit, exact resume, and DDP under `torchrun`.
+
+Safety (docs/RELIABILITY.md): one writer per run (`run_lock`); a non-finite loss stops the run before
+the optimizer step and non-finite weights stop it before validation and before any checkpoint write,
+so a checkpoint never holds NaN; the final weights are also written as safetensors.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -23,7 +28,11 @@ from workbench.checkpoint import (
     atomic_write_text,
     load_checkpoint,
     load_state_strict,
+    non_finite,
+    run_lock,
     save_checkpoint,
+    save_weights,
+    storage_error,
     write_run_info,
 )
 from workbench.config import Config
@@ -46,13 +55,22 @@ class TrainResult:
 
 
 def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
+    """`auto` | `cpu` | `cuda` | `cuda:N` as a torch device; a ConfigError for anything else or for CUDA
+    on a machine without it."""
+    if not (name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name)):
+        raise ConfigError(f"device {name!r} is not valid; choose auto, cpu, cuda or cuda:N")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={name!r} but CUDA is not available; use train.device=cpu or auto")
+            built = f"this torch ({torch.__version__}) is built {'with' if torch.version.cuda else 'without'} CUDA"
+            raise ConfigError(f"device {name!r} was asked for, but CUDA is not available on this machine ({built}, "
+                              f"no GPU visible); use cpu or auto")
         if ctx is not None and ctx.enabled:
             return torch.device("cuda", ctx.local_rank)
+        if ":" in name and int(name.split(":")[1]) >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                              f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return torch.device(name)
 
 
@@ -110,12 +128,22 @@ def _jsonable(logs: dict) -> dict:
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
           teacher_checkpoint: str | Path | None = None, loss_weights: dict[str, float] | None = None) -> TrainResult:
-    """Train `cfg` into `run_dir` (checkpoints `last.pt`, `final.pt`; `metrics.jsonl`; config and
-    run info). `resume=True` continues from `last.pt` to exactly the result of an uninterrupted run.
+    """Train `cfg` into `run_dir` (checkpoints `last.pt`, `final.pt`, `model.safetensors`; `metrics.jsonl`;
+    config and run info). `resume=True` continues from `last.pt` to exactly the result of an uninterrupted
+    run. The run folder is locked while training: a second writer stops with a RunLocked error.
     `loss_weights` ({"kd", "cp", "ifv"}) replace the config's lambda, alpha, beta (workbench.weighting)."""
     run_dir = Path(run_dir)
     ctx = DistContext.from_env(cfg.train.device)
     device = resolve_device(cfg.train.device, ctx)
+    with run_lock(run_dir) if ctx.is_main else nullcontext():  # under DDP only the main process writes
+        return _train(cfg, run_dir, ctx, device, resume, progress, teacher_checkpoint, loss_weights)
+
+
+RESUME_KEYS = ("method", "optimizer", "scheduler", "rng", "epoch", "step", "history", "config_hash")
+
+
+def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, resume: bool, progress: bool,
+           teacher_checkpoint, loss_weights) -> TrainResult:
     torch.backends.cudnn.benchmark = False  # seeded runs stay reproducible
     torch.manual_seed(cfg.train.seed)  # model init, head dropout and drop-path draws
 
@@ -151,6 +179,15 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     last_path, final_path = run_dir / "last.pt", run_dir / "final.pt"
     if resume and last_path.exists():
         state = load_checkpoint(last_path)
+        missing = [k for k in RESUME_KEYS if k not in state]
+        if missing:
+            raise CheckpointError(f"{last_path} lacks the training state that resuming needs ({', '.join(missing)}); "
+                                  f"delete it to train the run again from scratch")
+        bad = non_finite(state["model"]) + non_finite(state["method"])
+        if bad:
+            raise CheckpointError(f"{last_path} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}), written "
+                                  f"by a version that did not check them; delete it and train again with a lower "
+                                  f"train.lr or with train.grad_clip set")
         if state.get("config_hash") != cfg.hash():
             raise CheckpointError(f"{last_path} was written by a different config (hash {state.get('config_hash')} "
                                   f"vs {cfg.hash()}); resume with the same preset and --set overrides")
@@ -166,7 +203,24 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     board = TensorBoard(run_dir, step + 1 if step else None) if cfg.train.log == "tensorboard" and ctx.is_main else None
 
+    terms: dict[str, float] = {}  # the loss terms of the latest step, for the stop messages
+
+    def good_checkpoint() -> str:
+        return f"{last_path} (epoch {load_checkpoint(last_path)['epoch'] + 1}, left untouched)" if last_path.exists() \
+            else "none yet"
+
+    def check_weights() -> None:
+        """Stop before validation and before any checkpoint write when a weight is NaN or inf."""
+        bad = non_finite(method.model.state_dict()) + [f"method.{k}" for k in non_finite(method.state_dict())]
+        if bad:
+            named = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+            raise TrainingDiverged(
+                f"non-finite weights after step {step} (epoch {epoch + 1}; that step's loss terms: {named}) in "
+                f"{len(bad)} tensors ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}). Nothing was saved "
+                f"after it; the last good checkpoint is {good_checkpoint()}. Lower train.lr or set train.grad_clip")
+
     def checkpoint(epoch: int, path: Path) -> None:
+        check_weights()
         if ctx.is_main:
             save_checkpoint(path, {
                 "model": method.model.state_dict(), "method": method.state_dict(), "optimizer": optimizer.state_dict(),
@@ -178,8 +232,11 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     def record(entry: dict) -> None:
         history.append(entry)
         if ctx.is_main:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(entry) + "\n")
+            try:
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+            except OSError as e:
+                raise storage_error(e, run_dir / "metrics.jsonl") or e from e
         if board is not None:
             board.write(entry)
 
@@ -200,12 +257,13 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             with autocast():
                 losses = method.training_step(batch, draws)
             # a non-finite loss stops training before it can touch the weights
+            terms = {k: float(v.detach()) for k, v in losses.items()}
             if not torch.isfinite(losses["loss"].detach()):
-                named = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+                named = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
                 raise TrainingDiverged(
                     f"non-finite loss at step {step} (epoch {epoch + 1}): {named}. Nothing was saved after it; "
-                    f"the last good checkpoint is {last_path if last_path.exists() else 'none yet'}. Lower train.lr, "
-                    f"set train.grad_clip, or check the inputs for NaN")
+                    f"the last good checkpoint is {good_checkpoint()}. Lower train.lr, set train.grad_clip, or "
+                    f"check the inputs for NaN")
             # backward (DDP all-reduces the student's gradients here)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
@@ -223,7 +281,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             step += 1
             seen += batch["label"].shape[0] * ctx.world_size
             entry = {"step": step, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                     **{f"train/{k}": v for k, v in _jsonable({**losses, **extra}).items()},
+                     **{f"train/{k}": v for k, v in {**terms, **_jsonable(extra)}.items()},
                      "img_per_s": seen / max(1e-9, time.perf_counter() - t0)}
             record(entry)
             bar.set_postfix(loss=f"{entry['train/loss']:.3f}", img_s=f"{entry['img_per_s']:.1f}")
@@ -231,13 +289,14 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                 break
         bar.close()
         last_epoch = epoch + 1 == cfg.train.epochs or step >= total
+        check_weights()  # a step with a finite loss can still leave NaN weights (e.g. an overflowing gradient)
         ctx.broadcast_buffers(method.model)
         # evaluate every combination on val: every `val_every` epochs and after the last one
         if last_epoch or (cfg.train.val_every and (epoch + 1) % cfg.train.val_every == 0):
             res = evaluate_combinations(method.model, val_loader, protocols=(cfg.train.protocol,), device=device,
                                         classes=train_ds.classes, progress=False,
                                         reduce_fn=ctx.all_reduce_sum if ctx.enabled else None,
-                                        conditions=val_ds.conditions or None)
+                                        conditions=val_ds.conditions or None, cases=val_ds.cases or None)
             last_val = {"step": step, "epoch": epoch + 1, "val/miou_full": res.full(cfg.train.protocol),
                         "val/emm": res.emm(cfg.train.protocol), "val/worst": res.worst(cfg.train.protocol)[1]}
             last_val.update({f"val/{k}": v for k, v in method.validation_logs().items()})
@@ -259,6 +318,11 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             checkpoint(epoch, last_path)
         final = load_checkpoint(last_path)
         final.pop("optimizer"), final.pop("scheduler")
+        # the weights without pickle, for sharing (written before final.pt, which marks the run finished)
+        meta = (final["config"], final["classes"], final["modalities"])
+        save_weights(run_dir / "model.safetensors", final["model"], "model", *meta)
+        if "teacher" in final["method"]:
+            save_weights(run_dir / "teacher.safetensors", final["method"]["teacher"], "teacher", *meta)
         save_checkpoint(final_path, final)
     if board is not None:
         board.close()

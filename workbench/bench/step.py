@@ -19,7 +19,7 @@ from workbench.config import apply_overrides, preset
 from workbench.data import Collate, dataset_from_config
 from workbench.methods import Distiller, Draws, Supervised
 from workbench.models import build_model
-from workbench.train import move_batch, param_groups
+from workbench.train import move_batch, param_groups, resolve_device
 
 
 def _step_time(method, batch, steps: int, warmup: int) -> float:
@@ -43,8 +43,7 @@ def _step_time(method, batch, steps: int, warmup: int) -> float:
 
 def bench_profile(profile: str, method_name: str, steps: int, warmup: int, device: str) -> dict:
     cfg = apply_overrides(preset(method_name, profile), {"train.device": device})
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     ds = dataset_from_config(cfg.data, "train", augment=False)
     batch = move_batch(next(iter(DataLoader(ds, batch_size=cfg.data.batch_size, collate_fn=Collate(ds.modalities)))),
                        dev)

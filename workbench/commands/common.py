@@ -36,3 +36,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars and no progress messages")
+
+
+def parse_list(text: str, option: str, kind: type = str) -> list:
+    """A comma-separated option value as a list of `kind`, or a ConfigError naming the option."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        values = [kind(t) for t in items]
+    except ValueError:
+        raise ConfigError(f"{option} {text!r} must be a comma-separated list of "
+                          f"{'integers' if kind is int else 'numbers' if kind is float else 'names'}, e.g. "
+                          f"{'0,1,2' if kind is int else '0.25,0.5' if kind is float else 'a,b'}") from None
+    if not values:
+        raise ConfigError(f"{option} is empty; give at least one value")
+    return values

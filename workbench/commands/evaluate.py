@@ -9,13 +9,15 @@ protocols (`workbench.robustness`); `--protocol all`: each of them. Results are 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from workbench.commands.common import add_quiet
+from workbench.checkpoint import ensure_folder
+from workbench.commands.common import add_quiet, parse_list
+from workbench.errors import ConfigError
 from workbench.evaluate import TTA
 from workbench.options import Convention, Metric, choices
 from workbench.robustness import NM_LEVELS, RMM_RATES
 from workbench.runs import Run
+from workbench.train import resolve_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,14 +48,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    wanted = {"both": ("zero", "drop"), "all": ("zero", "drop", "rmm", "nm")}.get(args.protocol, (args.protocol,))
+    combos = tuple(p for p in wanted if p in ("zero", "drop"))
+    # every option is checked before anything is loaded (a cached result would skip the device, for one)
+    resolve_device(args.device)
+    if args.window is not None:
+        if args.window < 32:
+            raise ConfigError(f"--window {args.window}: sliding-window inference needs windows of at least 32 "
+                              f"pixels (the encoder's stride); leave --window out to evaluate whole images")
+        if not combos:
+            raise ConfigError(f"--window applies to the zero and drop protocols (every combination); --protocol "
+                              f"{args.protocol} evaluates whole images: leave --window out")
     r = Run.at(args.checkpoint)
-    out = Path(args.out) if args.out else r.checkpoint.parent
+    out = ensure_folder(args.out) if args.out else r.checkpoint.parent
     data = {"case": args.case} if args.case else None
     suffix = f"{args.split}_{args.which}" + (f"_{args.case}" if args.case else "")
     common = dict(split=args.split, which=args.which, convention=args.convention, device=args.device, data=data,
                   progress=not args.quiet)
-    wanted = {"both": ("zero", "drop"), "all": ("zero", "drop", "rmm", "nm")}.get(args.protocol, (args.protocol,))
-    combos = tuple(p for p in wanted if p in ("zero", "drop"))
     if combos:
         res = r.evaluation(protocols=combos, window=args.window, tta=TTA() if args.tta else None,
                            one_pass=not args.naive, **common)
@@ -66,12 +77,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"\nper {by} ({p}):\n{res.format_breakdown(p, by=by)}")
         print(f"written: {paths['csv']}, {paths['json']}")
     if "rmm" in wanted:
-        rmm = r.robustness("rmm", seed=args.seed, rates=tuple(float(x) for x in args.rates.split(",")),
+        rmm = r.robustness("rmm", seed=args.seed, rates=tuple(parse_list(args.rates, "--rates", float)),
                            one_pass=not args.naive, **common)
         print(f"\nRMM (random-missing modality; each element of the normalized input zeroed with probability r):\n"
               f"{rmm.format_table()}\nwritten: {rmm.save(out, prefix=f'rmm_{suffix}')}")
     if "nm" in wanted:
-        nm = r.robustness("nm", seed=args.seed, levels=tuple(args.levels.split(",")), one_pass=not args.naive,
+        nm = r.robustness("nm", seed=args.seed, levels=tuple(parse_list(args.levels, "--levels")), one_pass=not args.naive,
                           **common)
         print(f"\nNM (noisy modality: salt-and-pepper and Gaussian noise on the normalized input):\n"
               f"{nm.format_table()}\nwritten: {nm.save(out, prefix=f'nm_{suffix}')}")

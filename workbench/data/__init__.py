@@ -38,4 +38,7 @@ def build_dataset(name: str, split: str = "train", **kwargs) -> MultiModalDatase
 
 def dataset_from_config(data_cfg, split: str, augment: bool | None = None, aug_seed: int = 0) -> MultiModalDataset:
     """The dataset a `DataConfig` describes, for one split (`augment=None`: the config's choice)."""
-    return dataset_class(data_cfg.dataset).from_config(data_cfg, split, augment, aug_seed)
+    cls = dataset_class(data_cfg.dataset)
+    if split not in cls.splits:
+        raise UnknownName(f"unknown split {split!r} for {data_cfg.dataset}; valid splits: {', '.join(cls.splits)}")
+    return cls.from_config(data_cfg, split, augment, aug_seed)

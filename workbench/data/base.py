@@ -26,6 +26,7 @@ class MultiModalDataset(Dataset):
     all_modalities: tuple[str, ...] = ()
     conditions: tuple[str, ...] = ()
     cases: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ("train", "val", "test")
 
     def __init__(self, split: str, modalities=None, transform: Compose | None = None, aug_seed: int = 0):
         modalities = tuple(modalities or self.all_modalities)

@@ -82,6 +82,7 @@ class DeliverDataset(RealDataset):
     cases = CASES
     layout = "img/, hha/, depth/, event/, lidar/ and semantic/ (each <condition>/<split>/MAP_*/<id>_<modality>_front.png)"
     options = ("depth_source",)
+    resized_modalities = ("event",)  # eventlowres event images are smaller; `read` resizes them to the label
     label_fix = ("the semantic PNGs must hold CARLA's class id 1..25 in channel 0 (0 and 255 = ignore); "
                  "re-extract DeLiVER's semantic archive")
 

@@ -146,6 +146,7 @@ class RealDataset(MultiModalDataset):
     layout: str = ""  # one line for messages: where the samples are listed from
     label_fix: str = "re-extract the label files; they must hold class ids (255 = ignore)"
     options: tuple[str, ...] = ()  # extra constructor options that come from the DataConfig (DeLiVER: depth_source)
+    resized_modalities: tuple[str, ...] = ()  # modalities `read` resizes to the label's grid (others must match it)
 
     def __init__(self, root, split: str = "train", modalities=None, transform: Compose | None = None,
                  case: str | None = None, aug_seed: int = 0, **scan_options):

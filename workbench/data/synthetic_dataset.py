@@ -16,6 +16,7 @@ class SyntheticDataset(MultiModalDataset):
     all_modalities = syn.MODALITIES
     conditions = syn.CONDITIONS
     cases = syn.CASES
+    splits: tuple[str, ...] = tuple(syn.SPLITS)
 
     def __init__(self, split: str = "train", size: int = 64, num_samples: int = 512, seed: int = 0,
                  modalities=None, transform=None, condition: str | None = None, case: str | None = "auto",

@@ -3,7 +3,10 @@
 `build_model` is the one place that turns a `ModelConfig` into a network: it builds the architecture
 and loads local pretrained encoder weights strictly (`model.weights`, see `mit_weights`). `load_model`
 rebuilds a trained model from a checkpoint's own config and loads its weights strictly; with
-`which="teacher"` it returns the (feedback-updated) teacher stored with a distillation run.
+`which="teacher"` it returns the (feedback-updated) teacher stored with a distillation run. The
+checkpoint may be a run folder, its `final.pt` / `last.pt`, or its `model.safetensors` /
+`teacher.safetensors`; it is read without running code from it (`workbench.checkpoint`), and weights
+holding NaN or inf are refused.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from workbench.checkpoint import load_checkpoint, load_state_strict
+from workbench.checkpoint import load_checkpoint, load_state_strict, non_finite
 from workbench.config import Config
-from workbench.errors import CheckpointError
+from workbench.errors import CheckpointError, MissingFile
 from workbench.models.mit_weights import load_encoder_weights
 from workbench.models.segmentor import Segmentor
 from workbench.options import Which, check
@@ -34,17 +37,52 @@ def build_model(model_cfg, modalities: tuple[str, ...], num_classes: int,
     return model
 
 
+def checkpoint_path(path: str | Path, which: Which = "model") -> Path:
+    """The file to load for `path`: a run folder gives its `final.pt`, or (a shared model: config.json and
+    safetensors only) its `<which>.safetensors`; a `model.safetensors` asked for the teacher gives the
+    `teacher.safetensors` beside it; any other path is itself."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("final.pt", f"{which}.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise MissingFile(f"{path} holds no final.pt (nor {which}.safetensors); give a finished run folder or a "
+                          f"checkpoint file (train one with `python -m workbench train`)")
+    if which == "teacher" and path.name == "model.safetensors" and path.with_name("teacher.safetensors").is_file():
+        return path.with_name("teacher.safetensors")
+    return path
+
+
 def load_model(checkpoint: str | Path | dict, device: torch.device | str = "cpu", which: Which = "model") -> nn.Module:
-    """Rebuild a trained model from a checkpoint (a path or a loaded state) and its own config, strictly.
-    `which="teacher"` returns the (feedback-updated) teacher stored with a distillation run. Eval mode."""
+    """Rebuild a trained model from a checkpoint (a run folder, a `.pt` / `.safetensors` file or a loaded
+    state) and its own config, strictly. `which="teacher"` returns the (feedback-updated) teacher stored
+    with a distillation run. Non-finite weights are a CheckpointError. Eval mode."""
     check("which", which, Which)
-    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    if isinstance(checkpoint, dict):
+        source, state = "the checkpoint", checkpoint
+    else:
+        path = checkpoint_path(checkpoint, which)
+        source, state = str(path), load_checkpoint(path)
     cfg = Config.from_dict(state["config"])
     model = build_model(_without_weights(cfg.model), tuple(state["modalities"]), len(state["classes"]))
-    if which == "teacher" and "teacher" not in state.get("method", {}):
-        raise CheckpointError(f"the checkpoint of {cfg.name!r} holds no teacher (only distillation runs store one); "
-                              f"use which='model'")
-    weights = state["model"] if which == "model" else state["method"]["teacher"]
+    if "which" in state:  # a safetensors file holds one set of weights, the one its header names
+        if state["which"] != which and which == "teacher":
+            raise CheckpointError(f"{source} holds the {state['which']}, not the teacher; load teacher.safetensors "
+                                  f"(written beside it for distillation runs) or the run's final.pt")
+        weights = state["model"]
+    elif which == "teacher":
+        if "teacher" not in state.get("method", {}):
+            raise CheckpointError(f"the checkpoint of {cfg.name!r} holds no teacher (only distillation runs store "
+                                  f"one); use which='model' (evaluate: leave out --which teacher)")
+        weights = state["method"]["teacher"]
+    else:
+        weights = state["model"]
+    bad = non_finite(weights)
+    if bad:
+        raise CheckpointError(
+            f"{source} holds non-finite weights (NaN or inf) in {len(bad)} of {len(weights)} tensors "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): it was saved by a run that diverged. Train "
+            f"it again with a lower train.lr or with train.grad_clip set")
     load_state_strict(model, weights, which)
     model.classes = tuple(state["classes"])
     return model.to(device).eval()

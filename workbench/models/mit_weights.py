@@ -16,16 +16,14 @@ Nothing is ever downloaded: every function reads a local file.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from workbench.checkpoint import describe_mismatches
+from workbench.checkpoint import atomic_write_bytes, describe_mismatches
 from workbench.errors import MissingFile, WeightsError
 from workbench.models.encoders import MIT_DEPTHS, MIT_WIDTHS, build_encoder
 
@@ -37,6 +35,7 @@ _NORM = re.compile(r"^norm([1-4])\.(.+)$")
 _STAGE_DOT = re.compile(r"^stages\.(\d+)\.")
 _STAGE_UNDERSCORE = re.compile(r"^stages_(\d+)\.")
 _MAX_LISTED = 12  # keys shown per list in an error message; the count is always given
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch's messages carry terminal escape codes
 
 
 def _official_key_to_timm(key: str) -> str | None:
@@ -88,11 +87,23 @@ def _read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch/zip/pickle/safetensors raise many types for the same bad file
-        reason = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else "unexpected end of file"
+        text = _ANSI.sub("", str(e)).strip()
+        if "weights only load failed" in text.lower():
+            m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            raise WeightsError(
+                f"checkpoint {path} was refused: it holds a pickled Python object{f' ({m[1]})' if m else ''} that "
+                f"would run code when loaded; re-save only its state dict (names -> tensors) and give that file") from None
+        reason = text.splitlines()[0].rstrip(".") if text else "unexpected end of file"
         raise WeightsError(
             f"cannot read checkpoint {path} ({path.stat().st_size} bytes): {type(e).__name__}: {reason}. The file "
-            f"is truncated or corrupt (compare its size with the source and copy it again), or it holds Python "
-            f"objects that torch.load(weights_only=True) refuses (re-save only its state_dict)") from e
+            f"is truncated or corrupt: compare its size with the source and copy it again") from e
+    if isinstance(obj, Mapping) and {"model", "config", "modalities"} <= set(obj):
+        name = obj["config"].get("name", "?") if isinstance(obj["config"], Mapping) else "?"
+        raise WeightsError(
+            f"{path} is a workbench checkpoint (a trained {name!r} segmentor for {', '.join(map(str, obj['modalities']))}), "
+            f"not pretrained MiT encoder weights. Use it as it is: evaluate it (python -m workbench evaluate {path}), "
+            f"distil from it (--set distill.teacher={path}) or open it with workbench.runs.Run.at; model.weights and "
+            f"weights import-mit take an official SegFormer MiT checkpoint (mit_b0.pth ...)")
     for _ in range(3):  # e.g. {"state_dict": ...}, {"model": ...}, {"model": {"state_dict": ...}}
         if isinstance(obj, Mapping):
             inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
@@ -228,15 +239,8 @@ def import_mit(src: str | Path, variant: str, out: str | Path) -> Path:
                          f"use --variant {guess}")
     _check_fits(sd, target, f"checkpoint {src} (as mit_{variant})")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        torch.save({k: v.clone(memory_format=torch.contiguous_format) for k, v in sd.items()}, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    converted = {k: v.clone(memory_format=torch.contiguous_format) for k, v in sd.items()}
+    atomic_write_bytes(out, lambda f: torch.save(converted, f))
     return out
 
 
