@@ -135,3 +135,16 @@ def test_student_init_from_teacher_or_from_the_teachers_initial_weights(tiny_cfg
         student = method.model.state_dict()
         assert all(torch.equal(student[k], expected[k]) for k in expected), init
     assert not all(torch.equal(initial[k], trained[k]) for k in initial)
+
+
+def test_measuring_gradient_norms_leaves_the_model_as_it_was():
+    """The per-term gradient norms logged at validation change nothing: weights, BN statistics, RNG."""
+    _, method, batch = _setup("hpd")
+    method.train()
+    before = {k: v.clone() for k, v in method.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    norms = method.term_gradient_norms(batch, Draws.for_epoch(0, 0))
+    assert set(norms) == {"ce", "kd", "cp", "ifv"} and all(v >= 0 for v in norms.values())
+    after = method.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "BN running statistics must be restored"
+    assert torch.equal(rng, torch.get_rng_state()) and all(p.grad is None for p in method.model.parameters())

@@ -130,9 +130,11 @@ class Distiller(Supervised):
         self.model.train()
         self.teacher.eval()
 
-    def terms(self, batch: dict, draws: Draws, record_teacher_graph: bool = False) -> tuple[dict, dict]:
+    def terms(self, batch: dict, draws: Draws, record_teacher_graph: bool = False,
+              net: nn.Module | None = None) -> tuple[dict, dict]:
         """The unweighted loss terms of a step with their graphs (ce; kd, cp, ifv where their weight is
-        not 0), and what the step needs besides them (the dropout mask, ASM's choice, both outputs)."""
+        not 0), and what the step needs besides them (the dropout mask, ASM's choice, both outputs).
+        `net`: the student network to run (default the training wrapper, e.g. DDP)."""
         d, mods = self.d, self.model.modalities
         inputs, labels = _inputs(batch, mods), batch["label"]
         b, m, k = labels.shape[0], len(mods), self.model.num_classes
@@ -150,7 +152,7 @@ class Distiller(Supervised):
         else:
             with torch.no_grad():
                 t_out = self.teacher(inputs, batch["present"], "drop")
-        s_out = self.net(inputs, present, self.cfg.train.protocol)
+        s_out = (net or self.net)(inputs, present, self.cfg.train.protocol)
 
         terms = {"ce": segmentation_loss(self.cfg, s_out.logits, labels)}
         if self.weights["kd"] > 0:
@@ -191,14 +193,20 @@ class Distiller(Supervised):
 
     def term_gradient_norms(self, batch: dict, draws: Draws) -> dict[str, float]:
         """The L2 norm of the gradient that each unweighted term sends into the student's encoders, on
-        one batch (no optimizer step; the torch RNG state is restored): what `gradient_share` weighs."""
+        one batch, as in training (train mode): what `gradient_share` weighs. It leaves no trace: no
+        optimizer step, no gradient stored, the BN statistics and the torch RNG state restored, and the
+        plain model is run (not the DDP wrapper, whose reducer expects a backward)."""
         rng = torch.get_rng_state()
+        buffers = {k: v.clone() for k, v in self.model.named_buffers()}
         params = list({id(p): p for n in self.model.modalities for p in self.model.encoder(n).parameters()}.values())
-        terms, _ = self.terms(batch, draws)
+        terms, _ = self.terms(batch, draws, net=self.model)
         norms = {}
         for name, t in terms.items():
             grads = torch.autograd.grad(t, params, retain_graph=True, allow_unused=True)
             norms[name] = math.sqrt(sum(float(g.detach().double().square().sum()) for g in grads if g is not None))
+        with torch.no_grad():
+            for k, v in self.model.named_buffers():
+                v.copy_(buffers[k])
         torch.set_rng_state(rng)
         return norms
 
