@@ -5,6 +5,8 @@ Distillation and the student-to-teacher feedback loop (docs/METHOD.md, "Training
 A method exposes `model` (the network being trained and saved), `training_step(batch, gen)` ->
 named losses with `loss` the total to back-propagate, and `after_step(...)` for work after the
 optimizer step (the feedback step on the teacher). The training loop (`workbench.train`) is shared.
+The comparators' methods (AnySeg, MAGIC) build on these in `workbench.comparators`, which also holds
+`build_method`, the one place that picks the method a config describes.
 
 Decisions left open by the paper, each a named option in `DistillConfig`:
 - The teacher always sees every modality under `drop` (nothing is missing for it) and stays in
@@ -25,8 +27,6 @@ from torch import nn
 from workbench import losses as L
 from workbench.checkpoint import load_state_strict
 from workbench.config import Config
-from workbench.errors import ConfigError
-from workbench.models import build_model, load_model
 
 
 def _inputs(batch: dict, modalities) -> dict:
@@ -52,7 +52,7 @@ class Supervised:
             dev = next(model.parameters()).device
             self.net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[dev.index] if dev.type == "cuda" else None,
-                find_unused_parameters=self.cfg.distill.enabled)
+                find_unused_parameters=cfg.method != "supervised" or cfg.model.arch != "segformer")
         if cfg.train.compile:
             self.net = torch.compile(self.net)
 
@@ -220,21 +220,3 @@ class Distiller(Supervised):
         load_state_strict(self.teacher, state["teacher"], "teacher")
         if self.teacher_opt is not None:
             self.teacher_opt.load_state_dict(state["teacher_opt"])
-
-
-def build_method(cfg: Config, train_ds, device: torch.device, ctx=None, teacher_checkpoint=None) -> Supervised:
-    """The method `cfg` describes, with its models on `device`. A student is initialized from the
-    teacher's weights ("initialized identically"); the teacher comes from `teacher_checkpoint`."""
-    model = build_model(cfg.model, train_ds.modalities, train_ds.num_classes)
-    if not cfg.distill.enabled:
-        return Supervised(cfg, model.to(device), ctx)
-    teacher_checkpoint = teacher_checkpoint or cfg.distill.teacher
-    if teacher_checkpoint is None:
-        raise ConfigError("a distillation run needs a teacher: pass teacher_checkpoint or set distill.teacher, or use "
-                          "workbench.runs.Run.from_config(cfg).ensure(), which trains or reuses the cached baseline")
-    teacher = load_model(teacher_checkpoint, device)
-    if teacher.modalities != tuple(train_ds.modalities):
-        raise ConfigError(f"teacher modalities {teacher.modalities} differ from the data's {train_ds.modalities}; "
-                          f"distil from a teacher trained on the same modalities")
-    load_state_strict(model, teacher.state_dict(), "student (initialized from the teacher)")
-    return Distiller(cfg, model.to(device), teacher, ctx)

@@ -26,12 +26,12 @@ from workbench.checkpoint import (
     save_checkpoint,
     write_run_info,
 )
+from workbench.comparators import build_method
 from workbench.config import Config
 from workbench.data import Collate, dataset_from_config
 from workbench.distributed import DistContext, EpochSampler, ShardSampler
 from workbench.errors import CheckpointError, ConfigError, TrainingDiverged
 from workbench.evaluate import evaluate_combinations
-from workbench.methods import build_method
 
 log = logging.getLogger(__name__)
 
