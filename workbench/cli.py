@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("workbench.commands.train", "train a preset (cached by config, or into --out), then evaluate it"),
     "evaluate": ("workbench.commands.evaluate", "evaluate a checkpoint on every modality combination"),
     "ablate": ("workbench.commands.ablate", "the paper's ablation rows over seeds, beside the paper's figures"),
+    "compare": ("workbench.commands.compare", "the paper's main table: CMNeXt, MAGIC, AnySeg, M-SegFormer, RobustSeg"),
     "sweep": ("workbench.commands.sweep", "grid search of config values on the val split"),
     "suite": ("workbench.suite", "run every notebook headlessly with papermill and write figures/REPORT.md"),
     "bench": ("workbench.commands.bench", "speed benchmarks, each against the naive way"),
