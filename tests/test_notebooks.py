@@ -37,7 +37,7 @@ def jupyter_path(monkeypatch):
 
 def test_registry_lists_every_notebook():
     assert NAMES == [nb.name for nb in suite.NOTEBOOKS], "notebooks/ and workbench.suite.NOTEBOOKS disagree"
-    assert len(NAMES) == 7
+    assert len(NAMES) == 8
     assert suite.NOTEBOOKS[0].name == "01_training"
     assert all("01_training" in nb.needs for nb in suite.NOTEBOOKS[1:])
 

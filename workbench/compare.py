@@ -40,8 +40,8 @@ from workbench.tables import write_csv
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAIN_ORDER", "REFERENCE", "PAPER_MAIN", "Comparison", "run_compare", "format_table", "label",
-           "el_combo", "scores", "combination_matrix", "combination_rows"]
+__all__ = ["MAIN_ORDER", "REFERENCE", "PAPER_MAIN", "Comparison", "run_compare", "format_table", "table_rows",
+           "label", "el_combo", "scores", "combination_matrix", "combination_rows"]
 
 MAIN_ORDER = ("baseline", "cmnext", "magic", "anyseg", "robustseg")  # the paper's rows, in its order
 REFERENCE = "robustseg"  # the paired differences are method - RobustSeg
@@ -199,6 +199,21 @@ def format_table(cmp: Comparison) -> str:
                 cells.append(f"{_num(d, 1).strip()}{ci}".rjust(24))
             lines.append(f"{r['label']:<{width}}{r['protocol']:<10}" + "".join(cells))
     return "\n".join(lines)
+
+
+def table_rows(cmp: Comparison) -> list[dict]:
+    """The summary as a compact table for notebooks and the report (the full intervals are in the CSV of
+    `run_compare`): ours, the paper's, and the paired difference to RobustSeg with the EMM interval."""
+    out = []
+    for r in cmp.rows:
+        row = {"method": r["label"], "protocol": r["protocol"], "seeds": r["seeds"]}
+        for k in METRICS:
+            row[METRIC_NAMES[k]], row[f"± {METRIC_NAMES[k]}"] = r[f"{k}_mean"], r[f"{k}_std"]
+        row |= {f"paper {METRIC_NAMES[k]}": r[f"paper_{k}"] for k in METRICS}
+        row |= {f"Δ {METRIC_NAMES[k]}": r[f"d_{k}"] for k in METRICS}
+        row |= {"Δ EMM low": r["d_emm_low"], "Δ EMM high": r["d_emm_high"]}
+        out.append(row)
+    return out
 
 
 def combination_matrix(cmp: Comparison, protocol: str) -> tuple[list[str], list[str], np.ndarray]:

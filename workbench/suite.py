@@ -50,14 +50,15 @@ NOTEBOOKS = (
     Notebook("05_ifv_maps", ("01_training",)),
     Notebook("06_sliders", ("01_training",)),
     Notebook("07_feedback", ("01_training",)),
+    Notebook("10_main_table", ("01_training",)),
 )
 
 # Parameters injected per profile ("*": every notebook that declares them); the rest keep the notebook's own.
 PROFILE_PARAMS: dict[str, dict[str, dict]] = {
     "smoke": {},
-    "quick": {"02_ablations": {"methods": None, "seeds": [0]}},
+    "quick": {"02_ablations": {"methods": None, "seeds": [0]}, "10_main_table": {"seeds": [0]}},
     "paper": {"*": {"dataset": "deliver", "data_root": "data/DELIVER"},
-              "02_ablations": {"methods": None, "seeds": [0]}},
+              "02_ablations": {"methods": None, "seeds": [0]}, "10_main_table": {"seeds": [0]}},
 }
 
 
