@@ -179,8 +179,10 @@ class TrainConfig(_Checked):
 
 @dataclass(frozen=True)
 class DistillConfig(_Checked):
-    """RobustSeg's student losses (docs/METHOD.md, "The objectives"):
-    L_hp = L_CE + lambda L_KL + alpha L_cp + beta L_ifv, and the feedback step on the teacher."""
+    """A distillation student's losses. `method="robustseg"` (docs/METHOD.md, "The objectives"):
+    L_hp = L_CE + lambda L_KL + alpha L_cp + beta L_ifv, and the feedback step on the teacher;
+    `method="anyseg"`: AnySeg's L_CE + lambda L_KL + UMD + CMD (docs/METHOD.md, "The paper's ablation and
+    main table")."""
 
     _section = "distill"
     enabled: bool = False  # False: the baseline / teacher (all modalities, CE only)
@@ -271,7 +273,7 @@ class Config(_Checked):
 
     @property
     def method(self) -> TrainMethod:
-        """The training method this config describes (`workbench.methods.build_method`): `magic` for
+        """The training method this config describes (`workbench.comparators.build_method`): `magic` for
         model.arch='magic', else `supervised` without distillation, else distill.method."""
         if self.model.arch == "magic":
             return "magic"

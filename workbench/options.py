@@ -23,7 +23,7 @@ Protocol = Literal["drop", "zero"]  # an absent modality is not encoded / is zer
 # training
 SegLoss = Literal["ce", "ohem"]
 Amp = Literal["auto", "bf16", "off"]
-# training method: derived from the config (`Config.method`), see workbench.methods.build_method
+# training method: derived from the config (`Config.method`), see workbench.comparators.build_method
 TrainMethod = Literal["supervised", "robustseg", "anyseg", "magic"]
 # distillation (docs/METHOD.md, "Losses")
 DistillMethod = Literal["robustseg", "anyseg"]  # the student objective of a distillation run
