@@ -266,6 +266,9 @@ def test_compare_on_tiny_with_two_seeds(tmp_path):
     assert mat.shape == (15, 5) and combos[-1] == "RDEL"
     assert mat[-1, 0] == pytest.approx(by[("baseline", "drop")]["full_mean"])
     assert len(compare.combination_rows(cmp)) == 2 * 15 * 5
+    shown = compare.table_rows(cmp)
+    assert shown[0]["method"] == "M-SegFormer" and shown[0]["EMM"] == by[("baseline", "drop")]["emm_mean"]
+    assert shown[0]["Δ EMM"] == by[("baseline", "drop")]["d_emm"] and shown[0]["paper Event+LiDAR"] == 1.57
 
 
 def test_compare_cli_with_the_paper_profile_on_a_deliver_replica(tmp_path, capsys):
