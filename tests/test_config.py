@@ -26,7 +26,7 @@ def test_overrides_coerce_types_and_name_the_key():
         apply_overrides(preset("tiny"), ["train.epochs=-1"])
     with pytest.raises(ConfigError, match="valid keys here: .*epochs"):
         apply_overrides(preset("tiny"), ["train.epoch=3"])
-    with pytest.raises(ConfigError, match="valid: data, distill, model, train"):
+    with pytest.raises(ConfigError, match="valid: data, distill, magic, model, train"):
         apply_overrides(preset("tiny"), ["trian.epochs=3"])
     with pytest.raises(ConfigError, match="choose one of"):
         apply_overrides(preset("tiny"), ["train.protocol=mask"])

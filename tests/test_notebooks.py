@@ -38,7 +38,7 @@ def jupyter_path(monkeypatch):
 
 def test_registry_lists_every_notebook():
     assert NAMES == [nb.name for nb in suite.NOTEBOOKS], "notebooks/ and workbench.suite.NOTEBOOKS disagree"
-    assert len(NAMES) == 9
+    assert len(NAMES) == 10
     assert suite.NOTEBOOKS[0].name == "01_training"
     assert all("01_training" in nb.needs for nb in suite.NOTEBOOKS[1:])
 

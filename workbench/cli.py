@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("workbench.commands.evaluate", "evaluate a checkpoint on every modality combination"),
     "predict": ("workbench.commands.predict", "predictions of a checkpoint on a dataset folder or split, as images and CSV"),
     "ablate": ("workbench.commands.ablate", "the paper's ablation rows over seeds, beside the paper's figures"),
+    "compare": ("workbench.commands.compare", "the paper's main table: CMNeXt, MAGIC, AnySeg, M-SegFormer, RobustSeg"),
     "sweep": ("workbench.commands.sweep", "grid search of config values on the val split"),
     "claims": ("workbench.commands.claims", "the paper's claims as paired-seed differences with CIs and verdicts"),
     "probe": ("workbench.commands.probe", "gradient share of each loss term in the student's encoders"),

@@ -1,7 +1,8 @@
 """Training steps of the comparator methods AnySeg and MAGIC, with the interface of `workbench.methods`
 (`training_step(batch, draws)` -> named losses with `loss` the total; `after_step`; `state_dict`;
 `load_state_dict`; `validation_logs`), so the shared loop trains them. CMNeXt needs no class here: it is
-a model (`workbench.models.cmnext.CMNeXt`) trained by `Supervised`.
+a model (`workbench.models.cmnext.CMNeXt`) trained by `Supervised`. `build_method` picks the method of a
+config among all of them (`Config.method`); it lives here, above `workbench.methods`, to see both.
 
 - `AnySegDistiller`: AnySeg's student step (arXiv 2411.17141; losses in `workbench.losses`, section
   "AnySeg (comparator)"). The student, a shared-encoder `Segmentor` with mean fusion (AnySeg's model: one
@@ -21,8 +22,11 @@ import torch
 from torch import nn
 
 from workbench import losses as L
+from workbench.checkpoint import load_state_strict
 from workbench.config import Config
+from workbench.errors import ConfigError
 from workbench.methods import Distiller, Draws, Supervised, _inputs, segmentation_loss
+from workbench.models import build_model, load_model
 from workbench.models.magic import magic_losses
 
 
@@ -123,3 +127,37 @@ class MagicMethod(Supervised):
     def load_state_dict(self, state: dict) -> None:
         if "counts" in state:
             self.counts = {k: v.clone() if torch.is_tensor(v) else v for k, v in state["counts"].items()}
+
+def build_method(cfg: Config, train_ds, device: torch.device, ctx=None, teacher_checkpoint=None,
+                 loss_weights: dict[str, float] | None = None) -> Supervised:
+    """The method `cfg` describes (`Config.method`), with its models on `device`:
+
+    - `supervised`: `Supervised` on the `model.arch` network (the baseline / teacher, and CMNeXt);
+    - `magic`: `MagicMethod` with the `magic` section's weights;
+    - `robustseg` / `anyseg`: a student that starts as the trained teacher (`distill.student_init=
+      from_teacher`, "initialized identically"; the same for AnySeg's student) or from the weights the
+      teacher started from (`same_init`: built from the same seed in the same order as in the teacher's
+      run); the teacher loaded from `teacher_checkpoint` (or `distill.teacher`); trained by `Distiller`
+      (with `loss_weights` from the gradient_share rule, if given) or `AnySegDistiller`."""
+    model = build_model(cfg.model, train_ds.modalities, train_ds.num_classes)
+    method = cfg.method
+    if method == "supervised":
+        return Supervised(cfg, model.to(device), ctx)
+    if method == "magic":
+        m = cfg.magic
+        return MagicMethod(cfg, model.to(device), ctx, m.selected_weight, m.consistency_weight, m.dropout)
+    teacher_checkpoint = teacher_checkpoint or cfg.distill.teacher
+    if teacher_checkpoint is None:
+        raise ConfigError("a distillation run needs a teacher: pass teacher_checkpoint or set distill.teacher, or use "
+                          "workbench.runs.Run.from_config(cfg).ensure(), which trains or reuses the cached baseline")
+    teacher = load_model(teacher_checkpoint, device)
+    if teacher.modalities != tuple(train_ds.modalities):
+        raise ConfigError(f"teacher modalities {teacher.modalities} differ from the data's {train_ds.modalities}; "
+                          f"distil from a teacher trained on the same modalities")
+    if cfg.distill.student_init == "from_teacher":
+        load_state_strict(model, teacher.state_dict(), "student (initialized from the teacher)")
+    if method == "anyseg":
+        d = cfg.distill
+        return AnySegDistiller(cfg, model.to(device), teacher, ctx, d.umd_weight, d.cmd_weight, d.anyseg_axis,
+                               d.cmd_features, d.cmd_reduction)
+    return Distiller(cfg, model.to(device), teacher, ctx, loss_weights)

@@ -1,6 +1,6 @@
 """Run configuration: nested frozen dataclasses that are valid by construction, presets, overrides.
 
-A run is `Config(data, model, train, distill)`. Every field is checked and normalized when the
+A run is `Config(data, model, train, distill, magic)`. Every field is checked and normalized when the
 dataclass is built (`__post_init__`), so a `Config` that exists is valid; change one with
 `apply_overrides` (or `dataclasses.replace`), which builds a new, checked one. Options are the
 `Literal` aliases of `workbench.options`. Presets are plain Python: a *profile* sets the scale (`tiny`
@@ -26,10 +26,15 @@ from workbench.errors import ConfigError, UnknownName
 from workbench.options import (
     Aggregation,
     Amp,
+    AnySegAxis,
+    Arch,
     AsmStage,
+    CMDFeatures,
+    CMDReduction,
     Conventions,
     DatasetName,
     DepthSource,
+    DistillMethod,
     DropoutMode,
     Fusion,
     IFVDivergence,
@@ -44,11 +49,12 @@ from workbench.options import (
     Prototypes,
     SegLoss,
     StudentInit,
+    TrainMethod,
     Weighting,
 )
 
-__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "DistillConfig", "ConfigError", "PROFILES",
-           "METHODS", "TUNED", "CONVENTIONS", "preset", "apply_overrides"]
+__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "DistillConfig", "MagicConfig", "ConfigError",
+           "PROFILES", "METHODS", "TUNED", "CONVENTIONS", "preset", "apply_overrides"]
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
@@ -113,19 +119,33 @@ class DataConfig(_Checked):
 
 @dataclass(frozen=True)
 class ModelConfig(_Checked):
+    """The network. `arch`: `segformer` (the workbench's `Segmentor`: every method of the paper's ablation),
+    or a comparator of the paper's main table, `cmnext` (`workbench.models.cmnext`) or `magic`
+    (`workbench.models.magic`, re-implemented from the paper)."""
+
     _section = "model"
-    encoder: str = "mit_tiny"  # mit_tiny | mit_b0..mit_b5 | any timm features_only model
+    arch: Arch = "segformer"
+    encoder: str = "mit_tiny"  # mit_tiny | mit_b0..mit_b5 | any timm features_only model (cmnext: MiT only)
     weights: str | None = None  # local official MiT checkpoint (see `workbench weights import-mit`)
     shared_encoder: bool = False  # one set of encoder weights for all modalities (public code)
     fusion: Fusion = "mean"
     head_dim: int = 64  # SegFormer MLP-head width E (768 in the public code, 256 in SegFormer-B0)
     head_dropout: float = 0.1
     drop_path: float = 0.0
+    cmnext_public_residual: bool = False  # cmnext: the public code's scrambling residual (see CMNeXt's docstring)
+    magic_mlp_ratio: float = 1.0  # magic: hidden width of MAM's and ASM's MLPs, as a multiple of the stage width
 
     def check(self) -> None:
         _positive("model.head_dim", self.head_dim)
         _unit("model.head_dropout", self.head_dropout)
         _unit("model.drop_path", self.drop_path)
+        _positive("model.magic_mlp_ratio", self.magic_mlp_ratio)
+        if self.arch != "segformer" and self.fusion != "mean":
+            raise ConfigError(f"model.fusion={self.fusion!r} applies to the segformer arch only; model.arch="
+                              f"{self.arch!r} fuses with its own modules: set model.fusion=mean")
+        if self.arch == "cmnext" and self.shared_encoder:
+            raise ConfigError("model.shared_encoder=True does not apply to model.arch='cmnext' (an RGB branch and "
+                              "one hub branch for the other modalities); set model.shared_encoder=false")
 
 
 @dataclass(frozen=True)
@@ -177,12 +197,14 @@ CONVENTIONS: dict[str, dict[str, str]] = {
 
 @dataclass(frozen=True)
 class DistillConfig(_Checked):
-    """RobustSeg's student losses (docs/METHOD.md, "The objectives"):
-    L_hp = L_CE + lambda L_KL + alpha L_cp + beta L_ifv, and the feedback step on the teacher.
-    Fields that default to None follow `conventions` (`option(name)` gives the value in use)."""
+    """A distillation student's losses. `method="robustseg"` (docs/METHOD.md, "The objectives"):
+    L_hp = L_CE + lambda L_KL + alpha L_cp + beta L_ifv, and the feedback step on the teacher;
+    `method="anyseg"`: AnySeg's L_CE + lambda L_KL + UMD + CMD (docs/METHOD.md, "The paper's ablation and
+    main table"). Fields that default to None follow `conventions` (`option(name)` gives the value in use)."""
 
     _section = "distill"
     enabled: bool = False  # False: the baseline / teacher (all modalities, CE only)
+    method: DistillMethod = "robustseg"  # the student objective: RobustSeg's L_hp, or AnySeg's (below)
     conventions: Conventions = "paper"  # one switch: the paper's conventions or the public code's
     dropout: DropoutMode = "sample"  # Anymodal Dropout
     student_init: StudentInit = "from_teacher"  # the student starts as the trained teacher, or as it began
@@ -210,9 +232,16 @@ class DistillConfig(_Checked):
     feedback: bool = False  # student -> teacher step on the teacher's non-primary encoders
     feedback_lr_scale: float = 0.1  # 6e-6 / 6e-5 in the paper
     teacher: str | None = None  # checkpoint path; None = train/reuse the cached baseline
+    # AnySeg (method="anyseg"): L = L_CE + lambda L_KL + umd_weight L_UMD + cmd_weight L_CMD
+    # (workbench.losses, "AnySeg (comparator)"); its weights are not public, both default to 1
+    umd_weight: float = 1.0
+    cmd_weight: float = 1.0
+    anyseg_axis: AnySegAxis = "height"  # the softmax axis of UMD and CMD (public code: height)
+    cmd_features: CMDFeatures = "softmax"
+    cmd_reduction: CMDReduction = "sample"  # per-sample mean (intended) or the public loop's last-iteration loss
 
     def check(self) -> None:
-        for key in ("kd_weight", "cp_weight", "ifv_weight", "share_cp", "share_ifv"):
+        for key in ("kd_weight", "cp_weight", "ifv_weight", "umd_weight", "cmd_weight", "share_cp", "share_ifv"):
             _positive(f"distill.{key}", getattr(self, key), allow_zero=True)
         for key in ("kd_temperature", "cp_temperature", "ifv_temperature", "feedback_lr_scale", "probe_batches"):
             _positive(f"distill.{key}", getattr(self, key))
@@ -220,11 +249,37 @@ class DistillConfig(_Checked):
             _positive("distill.share_kd", self.share_kd)
         if not self.stages or any(s not in (0, 1, 2, 3) for s in self.stages):
             raise ConfigError(f"distill.stages={self.stages!r} must be a non-empty subset of 0,1,2,3")
+        if self.method == "anyseg":
+            used = [f"distill.{k}={getattr(self, k)}" for k in ("cp_weight", "ifv_weight") if getattr(self, k)]
+            if used or self.feedback:
+                raise ConfigError(f"distill.method='anyseg' has no {', '.join(used) or 'feedback'} term (its losses "
+                                  f"are CE, KD, UMD and CMD); set distill.cp_weight=0, distill.ifv_weight=0 and "
+                                  f"distill.feedback=false, or use distill.method=robustseg")
 
     def option(self, name: str) -> str:
         """The value in use of a convention-dependent field: its own, or the one `conventions` sets."""
         value = getattr(self, name)
         return CONVENTIONS[self.conventions][name] if value is None else value
+
+
+@dataclass(frozen=True)
+class MagicConfig(_Checked):
+    """MAGIC's objective (`workbench.models.magic.magic_losses`, used when model.arch='magic'):
+    L = seg(aggregated) + selected_weight seg(selected) + consistency_weight L_con. The paper gives no
+    weights: both default to 1. `dropout`: Anymodal Dropout on top (MAGIC trains on every modality)."""
+
+    _section = "magic"
+    selected_weight: float = 1.0
+    consistency_weight: float = 1.0
+    dropout: DropoutMode = "none"
+
+    def check(self) -> None:
+        for key in ("selected_weight", "consistency_weight"):
+            _positive(f"magic.{key}", getattr(self, key), allow_zero=True)
+
+
+# DistillConfig fields that only AnySeg's objective reads (left out of the hash of RobustSeg students)
+_ANYSEG_FIELDS = ("method", "umd_weight", "cmd_weight", "anyseg_axis", "cmd_features", "cmd_reduction")
 
 
 @dataclass(frozen=True)
@@ -235,8 +290,14 @@ class Config(_Checked):
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    magic: MagicConfig = field(default_factory=MagicConfig)
 
     def check(self) -> None:
+        if self.distill.enabled and self.model.arch != "segformer":
+            trained = "with MAGIC's own objective" if self.model.arch == "magic" else "supervised"
+            raise ConfigError(f"distill.enabled=True needs model.arch='segformer' (students and teachers are "
+                              f"Segmentors); model.arch={self.model.arch!r} is trained {trained}: set "
+                              f"distill.enabled=false")
         if self.distill.feedback and not self.distill.enabled:
             raise ConfigError("distill.feedback=True needs distill.enabled=True (feedback runs in the student loop)")
         if self.distill.feedback and self.model.shared_encoder:
@@ -244,6 +305,14 @@ class Config(_Checked):
                 "distill.feedback=True with model.shared_encoder=True: the feedback step updates only the "
                 "teacher's non-primary encoders, which needs one encoder per modality; set "
                 "model.shared_encoder=False or distill.feedback=False")
+
+    @property
+    def method(self) -> TrainMethod:
+        """The training method this config describes (`workbench.comparators.build_method`): `magic` for
+        model.arch='magic', else `supervised` without distillation, else distill.method."""
+        if self.model.arch == "magic":
+            return "magic"
+        return self.distill.method if self.distill.enabled else "supervised"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -272,6 +341,18 @@ class Config(_Checked):
         d["data"].pop("num_workers")
         if not self.distill.enabled:  # a baseline is the same run whatever the (unused) loss weights say
             d["distill"] = {"enabled": False}
+        elif self.distill.method == "robustseg":  # nor does a RobustSeg student read AnySeg's options
+            for k in _ANYSEG_FIELDS:
+                d["distill"].pop(k)
+        # options of the comparators' architectures and objectives count only where they are used (so a
+        # config of the segformer arch hashes as it did before they existed)
+        if self.model.arch == "segformer":
+            d["model"].pop("arch")
+        if self.model.arch != "cmnext":
+            d["model"].pop("cmnext_public_residual")
+        if self.model.arch != "magic":
+            d["model"].pop("magic_mlp_ratio")
+            d.pop("magic")
         if self.data.dataset == "synthetic":  # regenerated data must not hit an old cache
             from workbench.data.synthetic import VERSION
 
@@ -409,28 +490,42 @@ PROFILES = {"tiny": _profile_tiny, "smoke": _profile_tiny, "quick": _profile_qui
 # defaults by `preset`: profile -> {config key: (value, where it was tuned)}.
 TUNED: dict[str, dict[str, tuple[Any, str]]] = {}
 
-# Method presets: the rows of the paper's ablation table (docs/METHOD.md). Keys are DistillConfig fields.
-_OFF = dict(cp_weight=0.0, ifv_weight=0.0)
+# Method presets: the rows of the paper's ablation table (docs/METHOD.md) and the comparators of its main
+# table, each a set of `section.key` overrides applied on top of the profile (and its TUNED weights).
+def _distill(**fields: Any) -> dict[str, Any]:
+    return {f"distill.{k}": v for k, v in fields.items()}
+
+
 METHODS: dict[str, dict[str, Any]] = {
-    "baseline": dict(enabled=False),
-    "basic_kd": dict(enabled=True, **_OFF),
-    "ifv_single": dict(enabled=True, cp_weight=0.0, ifv_modalities="all"),
-    "ifv_cross": dict(enabled=True, cp_weight=0.0, ifv_modalities="cross"),
-    "cpd": dict(enabled=True, ifv_weight=0.0),
-    "ifv_cpd": dict(enabled=True, ifv_modalities="all"),
-    "hpd": dict(enabled=True, ifv_modalities="primary"),
-    "robustseg": dict(enabled=True, ifv_modalities="primary", feedback=True),
-    # AnySeg-style comparator (single-modal distillation, Anymodal Dropout, no cross-modal term): the
-    # public description distils each modality's features from the same modality of the teacher;
-    # here that is single-modal prototype KD + single-modal IFV on all modalities.
-    "anyseg": dict(enabled=True, cp_pairing="same", ifv_modalities="all"),
+    "baseline": _distill(enabled=False),  # M-SegFormer: all modalities, CE (the paper profile: OHEM)
+    "basic_kd": _distill(enabled=True, cp_weight=0.0, ifv_weight=0.0),
+    "ifv_single": _distill(enabled=True, cp_weight=0.0, ifv_modalities="all"),
+    "ifv_cross": _distill(enabled=True, cp_weight=0.0, ifv_modalities="cross"),
+    "cpd": _distill(enabled=True, ifv_weight=0.0),
+    "ifv_cpd": _distill(enabled=True, ifv_modalities="all"),
+    "hpd": _distill(enabled=True, ifv_modalities="primary"),
+    "robustseg": _distill(enabled=True, ifv_modalities="primary", feedback=True),
+    # An approximation of AnySeg built from RobustSeg's losses (single-modal distillation, Anymodal Dropout,
+    # no cross-modal term): each modality's prototypes and IFV maps distilled from the same modality of the
+    # teacher. Kept for the ablation; `anyseg` below is AnySeg's own objective.
+    "anyseg_approx": _distill(enabled=True, cp_pairing="same", ifv_modalities="all"),
+    # AnySeg (main table): a shared-encoder student distilled from the full-modality shared-encoder baseline
+    # with CE + 50 KL (element mean) + UMD + CMD, Anymodal Dropout per sample, no feedback
+    "anyseg": {"model.shared_encoder": True,
+               **_distill(enabled=True, method="anyseg", kd_weight=50.0, kd_reduction="element", dropout="sample",
+                          cp_weight=0.0, ifv_weight=0.0, feedback=False)},
+    # CMNeXt (main table): RGB branch + self-query hub, trained supervised with OHEM as in DELIVER's configs
+    "cmnext": {"model.arch": "cmnext", "train.loss": "ohem"},
+    # MAGIC (main table, re-implemented from the paper): shared encoder, MAM + ASM, its own objective
+    "magic": {"model.arch": "magic", "model.shared_encoder": True},
 }
 
 
 def preset(name: str, profile: str | None = None) -> Config:
     """A named preset. Profiles (`tiny`/`smoke`, `quick`, `paper`) alone give the baseline at that
-    scale; methods (`baseline`, `basic_kd`, ..., `robustseg`, `anyseg`) take `profile` (default quick).
-    The profile's `TUNED` weights apply to the methods whose losses use them."""
+    scale; methods (`baseline`, `basic_kd`, ..., `robustseg`, `anyseg_approx`, and the comparators `anyseg`,
+    `cmnext`, `magic`) take `profile` (default quick). The profile's `TUNED` weights apply to the methods
+    whose losses use them."""
     if name in PROFILES:
         if profile is not None and profile != name:
             raise ConfigError(f"preset {name!r} is itself a profile; drop --profile {profile!r}")
@@ -442,5 +537,5 @@ def preset(name: str, profile: str | None = None) -> Config:
     if profile not in PROFILES:
         raise UnknownName(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
     profile = "tiny" if profile == "smoke" else profile
-    cfg = apply_overrides(PROFILES[profile](), {k: v for k, (v, _) in TUNED.get(profile, {}).items()})
-    return replace(cfg, name=method, profile=profile, distill=replace(cfg.distill, **METHODS[method]))
+    tuned = {k: v for k, (v, _) in TUNED.get(profile, {}).items()}
+    return replace(apply_overrides(PROFILES[profile](), {**tuned, **METHODS[method]}), name=method, profile=profile)

@@ -445,9 +445,10 @@ def _window_starts(n: int, window: int, stride: int) -> list[int]:
 
 @torch.no_grad()
 def predict_sliding(model, inputs: dict, protocols=("zero", "drop"), combos=None, zero_cache=None,
-                    window: int = 1024, stride: int = 768):
+                    window: int = 1024, stride: int = 768, one_pass: bool = True):
     """Sliding-window inference (large images at the reference resolution): windows of `window`
-    pixels every `stride`, overlapping logits averaged; every window is one pass over all combinations.
+    pixels every `stride`, overlapping logits averaged; every window is one pass over all combinations
+    (`one_pass=False`: one forward per combination, `predict_naive`).
     Yields the same (protocol, combos, logits (C * B, K, H, W)) as `predict_combinations`."""
     mods = model.modalities
     combos = combos or combinations(mods)
@@ -460,8 +461,11 @@ def predict_sliding(model, inputs: dict, protocols=("zero", "drop"), combos=None
         for top in _window_starts(h, window, stride):
             for left in _window_starts(w, window, stride):
                 crop = {m: inputs[m][..., top:top + window, left:left + window] for m in mods}
-                _, _, logits = next(predict_combinations(model, crop, (protocol,), combos, zero_cache,
-                                                         chunk=len(combos)))
+                if one_pass:
+                    _, _, logits = next(predict_combinations(model, crop, (protocol,), combos, zero_cache,
+                                                             chunk=len(combos)))
+                else:  # one (B, K, h, w) block per combination, in the order of `combos`
+                    logits = torch.cat([out for _, _, out in predict_naive(model, crop, (protocol,), combos)])
                 acc[..., top:top + window, left:left + window] += logits
                 count[..., top:top + window, left:left + window] += 1
         yield protocol, combos, (acc / count).contiguous(memory_format=torch.channels_last)
@@ -545,6 +549,13 @@ def check_finite(model: torch.nn.Module) -> None:
                               f"with a lower train.lr or with train.grad_clip set")
 
 
+def one_pass_supported(model) -> bool:
+    """Whether the one-pass engine applies to `model`: a `Segmentor` (per-modality encoders, fusion over
+    modalities) declares `supports_one_pass = True`; CMNeXt and MAGIC declare False and are evaluated with
+    one forward per combination (`predict_naive`): their modalities meet inside the encoder."""
+    return bool(getattr(model, "supports_one_pass", False))
+
+
 @torch.no_grad()
 def evaluate_combinations(model, loader, protocols=("zero", "drop"), combos=None, device=None, one_pass=True,
                           convention="deliver", classes=None, progress=True, desc="eval",
@@ -555,7 +566,8 @@ def evaluate_combinations(model, loader, protocols=("zero", "drop"), combos=None
     `reduce_fn(tensor)` sums confusion matrices across processes (DDP sharded evaluation); with it,
     pass the dataset's `conditions` and `cases` so that every process holds the same keys. `window`
     (and `stride`, default 3/4 of it) switches to sliding-window inference for images larger than the
-    training crop; `tta` to multi-scale + flip test-time augmentation (not both)."""
+    training crop; `tta` to multi-scale + flip test-time augmentation (not both). Models without one-pass
+    support (`one_pass_supported`) take the per-combination loop whatever `one_pass` says."""
     if window is not None and window < 32:
         raise ConfigError(f"window={window}: sliding-window inference needs windows of at least 32 pixels (the "
                           f"encoder's stride); leave window out to evaluate whole images")
@@ -568,6 +580,7 @@ def evaluate_combinations(model, loader, protocols=("zero", "drop"), combos=None
     model.eval()
     device = device or next(model.parameters()).device
     mods, k = model.modalities, model.num_classes
+    one_pass = one_pass and one_pass_supported(model)
     combos = [tuple(c) for c in (combos or combinations(mods))]
     acc = ConfusionAccumulator(k, [(p, c) for p in protocols for c in combos], tuple(conditions or ()),
                                (*cases, "none") if cases else ())
@@ -577,7 +590,8 @@ def evaluate_combinations(model, loader, protocols=("zero", "drop"), combos=None
             inputs, labels = _to_device(batch, mods, device)
             check_labels(labels, k, batch["meta"])
             if window:
-                preds = predict_sliding(model, inputs, protocols, combos, zero_cache, window, stride or window * 3 // 4)
+                preds = predict_sliding(model, inputs, protocols, combos, zero_cache, window, stride or window * 3 // 4,
+                                        one_pass)
             elif not one_pass:
                 preds = predict_naive(model, inputs, protocols, combos, tta)
             elif tta is not None:

@@ -7,6 +7,8 @@ named losses with `loss` the total to back-propagate, and `after_step(...)` for 
 optimizer step (the feedback step on the teacher). The training loop (`workbench.train`) is shared.
 `Draws` holds one generator per kind of random draw, so that for a given seed and epoch every method
 gets the same Anymodal Dropout subsets, whatever else it draws: rows of a study are paired by seed.
+The comparators' methods (AnySeg, MAGIC) build on these in `workbench.comparators`, which also holds
+`build_method`, the one place that picks the method a config describes.
 
 Decisions left open by the paper, each a named option in `DistillConfig`:
 - The teacher always sees every modality under `drop` (nothing is missing for it) and stays in
@@ -30,8 +32,6 @@ from torch import nn
 from workbench import losses as L
 from workbench.checkpoint import load_state_strict
 from workbench.config import Config
-from workbench.errors import ConfigError
-from workbench.models import build_model, load_model
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Supervised:
             dev = next(model.parameters()).device
             self.net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[dev.index] if dev.type == "cuda" else None,
-                find_unused_parameters=self.cfg.distill.enabled)
+                find_unused_parameters=cfg.method != "supervised" or cfg.model.arch != "segformer")
         if cfg.train.compile:
             self.net = torch.compile(self.net)
 
@@ -277,25 +277,3 @@ class Distiller(Supervised):
             self.teacher_opt.load_state_dict(state["teacher_opt"])
         if "counts" in state:  # checkpoints written before the statistics were saved resume without them
             self.counts = {k: v.clone() if torch.is_tensor(v) else v for k, v in state["counts"].items()}
-
-
-def build_method(cfg: Config, train_ds, device: torch.device, ctx=None, teacher_checkpoint=None,
-                 loss_weights: dict[str, float] | None = None) -> Supervised:
-    """The method `cfg` describes, with its models on `device`; the teacher comes from `teacher_checkpoint`.
-    The student starts as the trained teacher (`distill.student_init=from_teacher`, "initialized
-    identically") or from the same initial weights the teacher started from (`same_init`: the model is
-    built from the same seed in the same order as in the teacher's run)."""
-    model = build_model(cfg.model, train_ds.modalities, train_ds.num_classes)
-    if not cfg.distill.enabled:
-        return Supervised(cfg, model.to(device), ctx)
-    teacher_checkpoint = teacher_checkpoint or cfg.distill.teacher
-    if teacher_checkpoint is None:
-        raise ConfigError("a distillation run needs a teacher: pass teacher_checkpoint or set distill.teacher, or use "
-                          "workbench.runs.Run.from_config(cfg).ensure(), which trains or reuses the cached baseline")
-    teacher = load_model(teacher_checkpoint, device)
-    if teacher.modalities != tuple(train_ds.modalities):
-        raise ConfigError(f"teacher modalities {teacher.modalities} differ from the data's {train_ds.modalities}; "
-                          f"distil from a teacher trained on the same modalities")
-    if cfg.distill.student_init == "from_teacher":
-        load_state_strict(model, teacher.state_dict(), "student (initialized from the teacher)")
-    return Distiller(cfg, model.to(device), teacher, ctx, loss_weights)

@@ -17,13 +17,17 @@ DepthSource = Literal["hha", "depth"]  # DeLiVER: 3-channel HHA (reference loade
 Split = Literal["train", "val", "test"]
 Pipeline = Literal["reference", "workbench"]  # the reference loader's transforms, or the workbench's own
 # model
+Arch = Literal["segformer", "cmnext", "magic"]  # the Segmentor, or a comparator's architecture (workbench.models)
 Fusion = Literal["mean", "softmax"]  # parameter-free mean (public code) or learned per-pixel softmax weights
 Protocol = Literal["drop", "zero"]  # an absent modality is not encoded / is zeroed and encoded
 # training
 SegLoss = Literal["ce", "ohem"]
 Amp = Literal["auto", "bf16", "off"]
 MetricsLog = Literal["jsonl", "tensorboard"]  # metrics.jsonl always; tensorboard: TensorBoard event files beside it
+# training method: derived from the config (`Config.method`), see workbench.comparators.build_method
+TrainMethod = Literal["supervised", "robustseg", "anyseg", "magic"]
 # distillation (docs/METHOD.md, "Losses")
+DistillMethod = Literal["robustseg", "anyseg"]  # the student objective of a distillation run
 DropoutMode = Literal["sample", "batch", "none"]  # Anymodal Dropout per sample, per batch, or off
 KDReduction = Literal["element", "pixel"]  # KL mean over B*K*H*W elements (public code) or over pixels
 Pairing = Literal["permutation", "derangement", "same", "iid"]  # CPD pairing; iid: the public code's draw

@@ -27,7 +27,7 @@ MODALITY_MARKERS = ("o", "s", "^", "D", "v", "P")
 
 METHOD_COLOURS = {"baseline": "#7f7f7f", "basic_kd": "#ff7f0e", "ifv_single": "#bcbd22", "ifv_cross": "#8c564b",
                   "cpd": "#17becf", "ifv_cpd": "#e377c2", "hpd": "#1f77b4", "robustseg": "#d62728",
-                  "anyseg": "#2ca02c"}
+                  "anyseg": "#2ca02c", "anyseg_approx": "#98df8a", "cmnext": "#9467bd", "magic": "#ffbb78"}
 
 def _colour(name: str, i: int) -> str:
     return METHOD_COLOURS.get(name, MODALITY_COLOURS.get(name, f"C{i % 10}"))

@@ -37,7 +37,8 @@ and every set is formed from those encodings (RMM with shared draws: M + M |rate
 batch against 15 M |rates| for the benchmark's loop). NM corrupts every modality, so each level needs its
 own forward; the single pass over the loader only saves reloading the data per level (and, with `noisy`
 restricted, re-encoding the clean modalities). `one_pass=False` runs the benchmark's loop (one full forward
-per setting, settings outer, batches inner) with the same draws: the confusion matrices are equal.
+per setting, settings outer, batches inner) with the same draws: the confusion matrices are equal. Models
+without one-pass support (CMNeXt, MAGIC: `workbench.evaluate.one_pass_supported`) always take that loop.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from workbench.evaluate import (
     combo_name,
     encode,
     iou_per_class,
+    one_pass_supported,
     predict_combinations,
     score,
 )
@@ -352,6 +354,7 @@ def evaluate_rmm(model, loader, rates: Sequence[float] = RMM_RATES, seed: int = 
     model.eval()
     device = device or next(model.parameters()).device
     mods, k = model.modalities, model.num_classes
+    one_pass = one_pass and one_pass_supported(model)  # CMNeXt, MAGIC: the benchmark's loop
     sets = corrupted_sets(mods)
     acc = ConfusionAccumulator(k, [(r, s) for r in rates for s in sets])
     zero_cache = _ZeroCache(model)
@@ -407,6 +410,7 @@ def evaluate_nm(model, loader, levels: Sequence[str] = tuple(NM_LEVELS), seed: i
     model.eval()
     device = device or next(model.parameters()).device
     mods, k = model.modalities, model.num_classes
+    one_pass = one_pass and one_pass_supported(model)  # CMNeXt, MAGIC: the benchmark's loop
     noisy = tuple(m for m in mods if noisy is None or m in noisy)
     if not noisy:
         raise ConfigError(f"no modality to add noise to: noisy must name some of {', '.join(mods)}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from workbench.errors import ConfigError
 
-__all__ = ["PairedDiff", "paired", "t_quantile", "verdict", "VERDICTS"]
+__all__ = ["PairedDiff", "paired", "paired_ci", "t_quantile", "verdict", "VERDICTS"]
 
 VERDICTS = ("reproduced", "contradicted", "inconclusive at this power")
 
@@ -76,3 +76,11 @@ def verdict(diff: PairedDiff, direction: str = ">", threshold: float = 0.0) -> s
     if high < t:
         return VERDICTS[1]
     return VERDICTS[2]
+
+
+def paired_ci(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """`paired` as a dict {"mean", "low", "high", "n", "sd"}; low, high and sd are nan with one seed."""
+    d = paired([float(x) for x in a], [float(x) for x in b], confidence)
+    if d.n < 2:
+        return {"mean": d.mean, "low": math.nan, "high": math.nan, "n": d.n, "sd": math.nan}
+    return {"mean": d.mean, "low": d.low, "high": d.high, "n": d.n, "sd": d.sd}

@@ -64,14 +64,15 @@ NOTEBOOKS = (
     Notebook("07_feedback", ("01_training",)),
     Notebook("08_claims", ("01_training",)),
     Notebook("09_classroom", ("01_training",)),
+    Notebook("10_main_table", ("01_training",)),
 )
 
 # Parameters injected per profile ("*": every notebook that declares them); the rest keep the notebook's own.
 PROFILE_PARAMS: dict[str, dict[str, dict]] = {
     "smoke": {"02_ablations": {"methods": ["baseline", "basic_kd", "robustseg"]}},  # three rows keep CI fast
-    "quick": {"02_ablations": {"methods": None, "seeds": [0]}},
+    "quick": {"02_ablations": {"methods": None, "seeds": [0]}, "10_main_table": {"seeds": [0]}},
     "paper": {"*": {"dataset": "deliver", "data_root": "data/DELIVER"},
-              "02_ablations": {"methods": None, "seeds": [0]}},
+              "02_ablations": {"methods": None, "seeds": [0]}, "10_main_table": {"seeds": [0]}},
 }
 
 

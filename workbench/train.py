@@ -35,12 +35,13 @@ from workbench.checkpoint import (
     storage_error,
     write_run_info,
 )
+from workbench.comparators import build_method
 from workbench.config import Config
 from workbench.data import Collate, dataset_from_config
 from workbench.distributed import DistContext, EpochSampler, ShardSampler
 from workbench.errors import CheckpointError, ConfigError, TrainingDiverged
 from workbench.evaluate import evaluate_combinations
-from workbench.methods import Draws, build_method
+from workbench.methods import Draws
 from workbench.weighting import shares
 
 log = logging.getLogger(__name__)

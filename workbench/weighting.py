@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from workbench.comparators import build_method
 from workbench.config import METHODS, Config
 from workbench.data import Collate, dataset_from_config
 from workbench.distributed import EpochSampler
-from workbench.methods import Distiller, Draws, build_method
+from workbench.methods import Distiller, Draws
 from workbench.models import load_model
 
 __all__ = ["LossWeights", "probe_config", "measure_config", "measure", "shares", "describe"]

@@ -1,10 +1,12 @@
 """Build a model from its config, and rebuild a trained one from its checkpoint.
 
 `build_model` is the one place that turns a `ModelConfig` into a network: it builds the architecture
-and loads local pretrained encoder weights strictly (`model.weights`, see `mit_weights`). `load_model`
-rebuilds a trained model from a checkpoint's own config and loads its weights strictly; with
-`which="teacher"` it returns the (feedback-updated) teacher stored with a distillation run. The
-checkpoint may be a run folder, its `final.pt` / `last.pt`, or its `model.safetensors` /
+`model.arch` names (`segformer`: `Segmentor`; the comparators `cmnext`: `CMNeXt`, `magic`: `MAGIC`) and
+loads local pretrained encoder weights strictly (`model.weights`, see `mit_weights`): into every encoder
+of a Segmentor or MAGIC, into CMNeXt's RGB branch only (its hub branch starts from scratch, as in the
+public code). `load_model` rebuilds a trained model from a checkpoint's own config and loads its weights
+strictly; with `which="teacher"` it returns the (feedback-updated) teacher stored with a distillation run.
+The checkpoint may be a run folder, its `final.pt` / `last.pt`, or its `model.safetensors` /
 `teacher.safetensors`; it is read without running code from it (`workbench.checkpoint`), and weights
 holding NaN or inf are refused.
 """
@@ -20,20 +22,35 @@ from torch import nn
 from workbench.checkpoint import load_checkpoint, load_state_strict, non_finite
 from workbench.config import Config
 from workbench.errors import CheckpointError, MissingFile
+from workbench.models.cmnext import CMNeXt
+from workbench.models.magic import MAGIC
 from workbench.models.mit_weights import load_encoder_weights
 from workbench.models.segmentor import Segmentor
-from workbench.options import Which, check
+from workbench.options import Arch, Which, check
 
 
 def build_model(model_cfg, modalities: tuple[str, ...], num_classes: int,
-                in_chans: dict[str, int] | None = None) -> Segmentor:
-    """The segmentor a `ModelConfig` describes, with its pretrained encoder weights when it names a file."""
-    model = Segmentor(modalities, num_classes, encoder=model_cfg.encoder, in_chans=in_chans,
-                      shared_encoder=model_cfg.shared_encoder, fusion=model_cfg.fusion, head_dim=model_cfg.head_dim,
-                      head_dropout=model_cfg.head_dropout, drop_path=model_cfg.drop_path)
+                in_chans: dict[str, int] | None = None) -> Segmentor | CMNeXt | MAGIC:
+    """The network a `ModelConfig` describes (`model.arch`), with its pretrained encoder weights when it
+    names a file."""
+    check("model.arch", model_cfg.arch, Arch)
+    common = dict(encoder=model_cfg.encoder, in_chans=in_chans, head_dim=model_cfg.head_dim,
+                  head_dropout=model_cfg.head_dropout, drop_path=model_cfg.drop_path)
+    if model_cfg.arch == "cmnext":
+        model = CMNeXt(modalities, num_classes, public_aux_residual=model_cfg.cmnext_public_residual, **common)
+        encoders = {model.rgb_name: model.rgb}  # the public code loads ImageNet weights into the RGB branch only
+    elif model_cfg.arch == "magic":
+        model = MAGIC(modalities, num_classes, shared_encoder=model_cfg.shared_encoder,
+                      mlp_ratio=model_cfg.magic_mlp_ratio, **common)
+        encoders = dict(model.encoders)
+    else:
+        model = Segmentor(modalities, num_classes, shared_encoder=model_cfg.shared_encoder, fusion=model_cfg.fusion,
+                          **common)
+        encoders = dict(model.encoders)
     if model_cfg.weights is not None:
-        for name, enc in model.encoders.items():
-            load_encoder_weights(enc, model_cfg.weights, in_chans=(in_chans or {}).get(name, 3))
+        for name, enc in encoders.items():
+            channels = (in_chans or {}).get(modalities[0] if name == "shared" else name, 3)
+            load_encoder_weights(enc, model_cfg.weights, in_chans=channels)
     return model
 
 
@@ -54,9 +71,9 @@ def checkpoint_path(path: str | Path, which: Which = "model") -> Path:
 
 
 def load_model(checkpoint: str | Path | dict, device: torch.device | str = "cpu", which: Which = "model") -> nn.Module:
-    """Rebuild a trained model from a checkpoint (a run folder, a `.pt` / `.safetensors` file or a loaded
-    state) and its own config, strictly. `which="teacher"` returns the (feedback-updated) teacher stored
-    with a distillation run. Non-finite weights are a CheckpointError. Eval mode."""
+    """Rebuild a trained model (any `model.arch`) from a checkpoint (a run folder, a `.pt` / `.safetensors`
+    file or a loaded state) and its own config, strictly. `which="teacher"` returns the (feedback-updated)
+    teacher stored with a distillation run. Non-finite weights are a CheckpointError. Eval mode."""
     check("which", which, Which)
     if isinstance(checkpoint, dict):
         source, state = "the checkpoint", checkpoint

@@ -204,6 +204,9 @@ class CMNeXt(nn.Module):
     every stage, SegFormer head on the fused features. Same interface as `Segmentor`."""
 
     _check = Segmentor._check  # the same input checks and error messages
+    # the hub mixes the modalities inside the encoder: evaluation runs one forward per combination
+    # (`workbench.evaluate.predict_naive`), not the one-pass engine
+    supports_one_pass = False
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, encoder: str = "mit_tiny", head_dim: int = 64,
                  head_dropout: float = 0.1, drop_path: float = 0.0, in_chans: dict[str, int] | None = None,

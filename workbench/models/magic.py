@@ -119,6 +119,9 @@ class MAGIC(nn.Module):
     _check = Segmentor._check
     encode = Segmentor.encode
     encoder = Segmentor.encoder
+    # MAM and ASM are not a weighted mean of per-modality projections: evaluation runs one forward per
+    # combination (`workbench.evaluate.predict_naive`), not the one-pass engine
+    supports_one_pass = False
 
     def __init__(self, modalities: tuple[str, ...], num_classes: int, encoder: str = "mit_tiny", head_dim: int = 64,
                  head_dropout: float = 0.1, drop_path: float = 0.0, in_chans: dict[str, int] | None = None,

@@ -156,3 +156,7 @@ class Segmentor(nn.Module):
         fused = self.fuse(feats, weights)
         logits = F.interpolate(self.head(fused), size=(h, w), mode="bilinear", align_corners=False)
         return SegOutput(logits=logits, features=feats, fused=fused, present=present)
+
+    # the one-pass all-combination engine (`workbench.evaluate.predict_combinations`) applies: each modality
+    # is encoded on its own and the combinations differ only in the fusion weights
+    supports_one_pass = True

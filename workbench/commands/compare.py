@@ -1,0 +1,38 @@
+"""`python -m workbench compare`: the paper's main table (M-SegFormer, CMNeXt, MAGIC, AnySeg, RobustSeg)."""
+
+from __future__ import annotations
+
+import argparse
+
+from workbench.commands.common import add_quiet
+from workbench.config import PROFILES
+from workbench.errors import ConfigError
+
+MAIN = "baseline,cmnext,magic,anyseg,robustseg"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="quick", help=f"the scale: {', '.join(PROFILES)}")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (paired across methods)")
+    p.add_argument("--methods", default=None, help=f"comma list of method presets; default the paper's rows: {MAIN}")
+    p.add_argument("--split", default="test", help="the split every method is evaluated on")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override applied to every method, e.g. data.root=data/DELIVER")
+    p.add_argument("--out", default=None, help="CSV path (default figures/compare_<profile>.csv)")
+    add_quiet(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from workbench.compare import format_table, run_compare
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 0,1,2") from None
+    if not seeds:
+        raise ConfigError("--seeds names no seed; give e.g. --seeds 0,1,2")
+    methods = [m for m in args.methods.split(",") if m] if args.methods else None
+    cmp = run_compare(args.profile, seeds, methods, overrides=args.set, out=args.out, split=args.split,
+                      progress=not args.quiet)
+    print(format_table(cmp))
+    return 0
