@@ -47,11 +47,20 @@ def test_unknown_subset_is_an_error():
         cal.calibrate("tiny", seeds=(0,), subsets=["RGBX"])
 
 
-def test_calibrate_smoke(tmp_path):
+TINY = {"data.train_samples": 8, "data.test_samples": 8}
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    """One tiny calibration (one seed, three baselines), shared by the tests below."""
+    root = tmp_path_factory.mktemp("calibration")
+    return root, cal.calibrate("tiny", seeds=(0,), subsets=["R", "DEL", "RDEL"], root=root, progress=False,
+                               overrides=TINY)
+
+
+def test_calibrate_smoke(tiny_cache, tmp_path):
     """Tiny profile, one seed, three baselines: trains, evaluates, caches, writes the table and CSV."""
-    root = tmp_path / "cache"
-    out = cal.calibrate("tiny", seeds=(0,), subsets=["R", "DEL", "RDEL"], root=root, progress=False,
-                        overrides={"data.train_samples": 8, "data.test_samples": 8})
+    root, out = tiny_cache
     names = [c.name for c in out.checks]
     assert "full baseline Shapley R [zero]" in names and "DEL: trained-on-DEL minus full baseline [drop]" in names
     assert "D / R (trained models)" not in names  # no depth-only model was trained
@@ -71,13 +80,14 @@ def test_calibrate_smoke(tmp_path):
     assert len(ckpts) == 3
     stamps = [p.stat().st_mtime_ns for p in ckpts]
     again = cal.calibrate("tiny", seeds=(0,), subsets=["R", "DEL", "RDEL"], root=root, progress=False,
-                          overrides={"data.train_samples": 8, "data.test_samples": 8})
+                          overrides=TINY)
     assert [p.stat().st_mtime_ns for p in ckpts] == stamps
     assert [c.values for c in again.checks] == [c.values for c in out.checks]
 
 
-def test_main_writes_csv(tmp_path, capsys):
-    rc = cal.main(["--profile", "tiny", "--seeds", "0", "--subsets", "R,RDEL", "--root", str(tmp_path / "c"),
+def test_main_writes_csv(tiny_cache, tmp_path, capsys):
+    root, _ = tiny_cache  # the same configs: everything is read from the cache
+    rc = cal.main(["--profile", "tiny", "--seeds", "0", "--subsets", "R,RDEL", "--root", str(root),
                    "--out", str(tmp_path / "t.csv"), "--set", "data.train_samples=8", "--set", "data.test_samples=8"])
     assert rc == 0 and (tmp_path / "t.csv").exists()
     assert "Calibration of the synthetic benchmark" in capsys.readouterr().out

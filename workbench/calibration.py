@@ -59,6 +59,7 @@ class Check:
     target: str  # the rule the measurement should satisfy, as text
     values: list[float] = field(default_factory=list)  # one per seed
     rule: Callable[[float], bool] | None = None  # applied to the mean; None: reported only
+    measure: Callable[[dict, dict], float] | None = None  # (results by subset, ASM) -> this seed's value
 
     @property
     def mean(self) -> float:
@@ -88,10 +89,10 @@ class Calibration:
         width = max(len(c.name) for c in self.checks)
         lines = [f"Calibration of the synthetic benchmark ({self.profile} profile, seeds "
                  f"{','.join(map(str, self.seeds))}; test split; mean ± std over seeds)",
-                 f"{'quantity':<{width}}  {'DeLiVER (published)':<26}  {'target':<24}  {'measured':>15}  ok"]
+                 f"{'quantity':<{width}}  {'DeLiVER (published)':<20}  {'target':<29}  {'measured':>15}  ok"]
         for c in self.checks:
             measured = f"{c.mean:7.2f} ± {c.std:5.2f}" if c.values else "-"
-            lines.append(f"{c.name:<{width}}  {c.deliver:<26}  {c.target:<24}  {measured:>15}  {c.ok}")
+            lines.append(f"{c.name:<{width}}  {c.deliver:<20}  {c.target:<29}  {measured:>15}  {c.ok}".rstrip())
         if self.per_condition:
             conds = list(next(iter(self.per_condition.values())))
             lines.append("")
@@ -104,7 +105,7 @@ class Calibration:
             lines.append(f"ASM primary frequency on the frozen full baseline (stage {stage}; test split, top-2 of 4 "
                          "per sample): " + ", ".join(f"{combo_name((m,))} {statistics.fmean(v):.2f} ± {_std(v):.2f}"
                                                      for m, v in freq.items()))
-        lines.append(f"({self.seconds:.0f} s)")
+        lines.append(f"({self.seconds:.0f} s{', cached runs re-read' if self.seconds < 60 else ''})")
         return "\n".join(lines)
 
     def rows(self) -> list[dict]:
@@ -172,7 +173,7 @@ def evaluate_cached(checkpoint: Path, split: str = "test") -> CombinationResults
     path = checkpoint.parent / f"eval_{split}.json"
     if path.exists():
         return CombinationResults.from_state(json.loads(path.read_text()))
-    res = evaluate_checkpoint(checkpoint, split=split, protocols=("zero", "drop"), device="cpu", progress=False)
+    res = evaluate_checkpoint(checkpoint, split=split, protocols=("zero", "drop"), progress=False)
     path.write_text(json.dumps(res.state()))
     return res
 
@@ -194,15 +195,16 @@ def asm_frequencies(checkpoint: Path, split: str = "test", stage: str = "last") 
         return json.loads(path.read_text())
     state = load_checkpoint(checkpoint)
     cfg = Config.from_dict(state["config"])
-    model = load_model(state, "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(state, device)
     ds = dataset_from_config(cfg.data, split, augment=False)
     loader = DataLoader(ds, batch_size=cfg.data.batch_size, collate_fn=Collate(ds.modalities))
     picks = torch.zeros(len(model.modalities))
     sims = torch.zeros(len(model.modalities))
     n = 0
     for batch in loader:
-        out = model({m: batch[m] for m in model.modalities})
-        sim = asm_similarity(out.features, out.fused, stage=stage)  # (B, M)
+        out = model({m: batch[m].to(device) for m in model.modalities})
+        sim = asm_similarity(out.features, out.fused, stage=stage).cpu()  # (B, M)
         picks += asm_primary(sim).float().sum(0)
         sims += sim.sum(0)
         n += sim.shape[0]
@@ -215,6 +217,35 @@ def asm_frequencies(checkpoint: Path, split: str = "test", stage: str = "last") 
 # ----------------------------------------------------------------------------------------------
 # The calibration table
 
+Measure = Callable[[dict, dict], float]  # (results by subset name, ASM of the full baseline) -> value
+
+
+def _own(name: str) -> Measure:
+    """mIoU of the model trained on subset `name`, on its own modalities."""
+    return lambda res, asm: res[name].full("drop")
+
+
+def _ratio(num: str, den: str) -> Measure:
+    return lambda res, asm: res[num].full("drop") / max(res[den].full("drop"), 1e-9)
+
+
+def _full_share(p: str, combo: tuple[str, ...] | None) -> Measure:
+    """The full baseline's mIoU on `combo` (None: EMM) over its full-modality mIoU, protocol p."""
+    def measure(res, asm):
+        full = res["RDEL"]
+        return (full.emm(p) if combo is None else full.miou(p, combo)) / max(full.full(p), 1e-9)
+    return measure
+
+
+def _shapley(p: str, mod: str) -> Measure:
+    return lambda res, asm: res["RDEL"].shapley(p)[mod]
+
+
+def _margin(values: dict[str, float]) -> float:
+    """RGB's value minus the largest other modality's."""
+    return values["rgb"] - max(v for m, v in values.items() if m != "rgb")
+
+
 def _checks(subsets: Sequence[str]) -> list[Check]:
     """The rows of the table (those whose models are in `subsets`), with the published values."""
     z = DELIVER_ZOO
@@ -222,71 +253,51 @@ def _checks(subsets: Sequence[str]) -> list[Check]:
     have = set(subsets)
     rows = []
 
-    def add(name, deliver, target, needs, rule=None):
+    def add(name, deliver, target, needs, measure, rule=None):
         if set(needs) <= have:
-            rows.append(Check(name, deliver, target, rule=rule))
+            rows.append(Check(name, deliver, target, rule=rule, measure=measure))
 
     for s in ("R", "D", "E", "L", "RD", "RE", "RL", "DEL", "EL", "RDEL"):
         pub = f"{z[s]:.2f} (CMNeXt-B2)" if s in z else "not published"
-        add(f"model trained on {s}: mIoU", pub, "", [s])
-    add("D / R (trained models)", "not published", "0.6-1.0: second", ["R", "D"], lambda x: 0.6 <= x <= 1.0)
-    add("E / R (trained models)", "not published", "<= 0.6: weak alone", ["R", "E"], lambda x: x <= 0.6)
-    add("L / R (trained models)", "not published", "<= 0.6: weak alone", ["R", "L"], lambda x: x <= 0.6)
-    add("RD / R (trained models)", f"{z['RD'] / z['R']:.3f}", "> 1: depth adds most", ["R", "RD"], lambda x: x > 1.0)
-    add("RE / R (trained models)", f"{z['RE'] / z['R']:.3f}", "~1: adds little", ["R", "RE"])
-    add("RL / R (trained models)", f"{z['RL'] / z['R']:.3f}", "~1: adds little", ["R", "RL"])
-    add("RDEL / R (trained models)", f"{z['RDEL'] / z['R']:.3f}", "> 1", ["R", "RDEL"], lambda x: x > 1.0)
+        add(f"model trained on {s}: mIoU", pub, "", [s], _own(s))
+    add("D / R (trained models)", "not published", "0.6-1.0: second", ["R", "D"], _ratio("D", "R"),
+        lambda x: 0.6 <= x <= 1.0)
+    add("E / R (trained models)", "not published", "<= 0.6: weak alone", ["R", "E"], _ratio("E", "R"),
+        lambda x: x <= 0.6)
+    add("L / R (trained models)", "not published", "<= 0.6: weak alone", ["R", "L"], _ratio("L", "R"),
+        lambda x: x <= 0.6)
+    add("RD / R (trained models)", f"{z['RD'] / z['R']:.3f}", "> 1: depth adds most", ["R", "RD"],
+        _ratio("RD", "R"), lambda x: x > 1.0)
+    add("RE / R (trained models)", f"{z['RE'] / z['R']:.3f}", "~1: adds little", ["R", "RE"], _ratio("RE", "R"))
+    add("RL / R (trained models)", f"{z['RL'] / z['R']:.3f}", "~1: adds little", ["R", "RL"], _ratio("RL", "R"))
+    add("RDEL / R (trained models)", f"{z['RDEL'] / z['R']:.3f}", "> 1", ["R", "RDEL"], _ratio("RDEL", "R"),
+        lambda x: x > 1.0)
     for p in ("drop", "zero"):
-        add(f"full baseline RDEL [{p}]", f"{m['full']:.2f} / {c['full']:.2f}", "", ["RDEL"])
+        add(f"full baseline RDEL [{p}]", f"{m['full']:.2f} / {c['full']:.2f}", "", ["RDEL"],
+            lambda res, asm, p=p: res["RDEL"].full(p))
         add(f"full baseline EL / RDEL [{p}]", f"{m['EL'] / m['full']:.3f} / {c['EL'] / c['full']:.3f}",
-            "<= 0.15: collapses", ["RDEL"], lambda x: x <= 0.15)
-        add(f"full baseline DEL / RDEL [{p}]", "not published", "<= 0.6: far below", ["RDEL"], lambda x: x <= 0.6)
+            "<= 0.15: collapses", ["RDEL"], _full_share(p, ("event", "lidar")), lambda x: x <= 0.15)
+        add(f"full baseline DEL / RDEL [{p}]", "not published", "<= 0.6: far below", ["RDEL"],
+            _full_share(p, ("depth", "event", "lidar")), lambda x: x <= 0.6)
         add(f"full baseline EMM / RDEL [{p}]", f"{m['EMM'] / m['full']:.3f} / {c['EMM'] / c['full']:.3f}",
-            "0.4-0.75", ["RDEL"], lambda x: 0.4 <= x <= 0.75)
+            "0.4-0.75", ["RDEL"], _full_share(p, None), lambda x: 0.4 <= x <= 0.75)
         for mod in FULL:
             add(f"full baseline Shapley {combo_name((mod,))} [{p}]", "not published",
-                "largest" if mod == "rgb" else "", ["RDEL"])
-        add(f"Shapley R - max(other) [{p}]", "not published", "> 0: RGB largest", ["RDEL"], lambda x: x > 0)
+                "largest" if mod == "rgb" else "", ["RDEL"], _shapley(p, mod))
+        add(f"Shapley R - max(other) [{p}]", "not published", "> 0: RGB largest", ["RDEL"],
+            lambda res, asm, p=p: _margin(res["RDEL"].shapley(p)), lambda x: x > 0)
         add(f"DEL: trained-on-DEL minus full baseline [{p}]", "not published", "> 5: evidence hidden by bias",
-            ["RDEL", "DEL"], lambda x: x > 5)
-    add("ASM: RGB primary freq - max(other)", "not published", "> 0: RGB picked most", ["RDEL"], lambda x: x > 0)
+            ["RDEL", "DEL"], lambda res, asm, p=p: res["DEL"].full("drop") - res["RDEL"].miou(
+                p, ("depth", "event", "lidar")), lambda x: x > 5)
+    add("ASM: RGB primary freq - max(other)", "not published", "> 0: RGB picked most", ["RDEL"],
+        lambda res, asm: _margin(asm["primary"]), lambda x: x > 0)
     return rows
 
 
 def _measure(checks: list[Check], res: dict[str, CombinationResults], asm: dict | None) -> None:
-    """Append this seed's value to every check (names as built by `_checks`)."""
-    full = res.get("RDEL")
+    """Append this seed's value to every check."""
     for c in checks:
-        n = c.name
-        if n.startswith("model trained on "):
-            s = n.split()[3].rstrip(":")
-            v = res[s].full("drop")
-        elif " / R (trained models)" in n:
-            a = n.split()[0]
-            v = res[a].full("drop") / max(res["R"].full("drop"), 1e-9)
-        elif n.startswith("full baseline") or n.startswith("Shapley") or n.startswith("DEL:"):
-            p = n[n.rindex("[") + 1:-1]
-            if n.startswith("full baseline RDEL"):
-                v = full.full(p)
-            elif " / RDEL" in n:
-                combo = {"EL": ("event", "lidar"), "DEL": ("depth", "event", "lidar")}.get(n.split()[2])
-                num = full.emm(p) if combo is None else full.miou(p, combo)
-                v = num / max(full.full(p), 1e-9)
-            elif n.startswith("full baseline Shapley"):
-                letter = n.split()[3]
-                mod = next(mm for mm in FULL if combo_name((mm,)) == letter)
-                v = full.shapley(p)[mod]
-            elif n.startswith("Shapley R"):
-                sh = full.shapley(p)
-                v = sh["rgb"] - max(x for mm, x in sh.items() if mm != "rgb")
-            else:
-                v = res["DEL"].full("drop") - full.miou(p, ("depth", "event", "lidar"))
-        elif n.startswith("ASM"):
-            f = asm["primary"]
-            v = f["rgb"] - max(x for mm, x in f.items() if mm != "rgb")
-        else:
-            raise KeyError(f"no measurement for check {n!r}")
-        c.values.append(float(v))
+        c.values.append(float(c.measure(res, asm)))
 
 
 def calibrate(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), subsets: Sequence[str] | None = None,
