@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("workbench.commands.compare", "the paper's main table: CMNeXt, MAGIC, AnySeg, M-SegFormer, RobustSeg"),
     "sweep": ("workbench.commands.sweep", "grid search of config values on the val split"),
     "claims": ("workbench.commands.claims", "the paper's claims as paired-seed differences with CIs and verdicts"),
+    "calibrate": ("workbench.commands.calibrate", "the synthetic benchmark's modality profile beside DeLiVER's"),
     "probe": ("workbench.commands.probe", "gradient share of each loss term in the student's encoders"),
     "suite": ("workbench.suite", "run every notebook headlessly with papermill and write figures/REPORT.md"),
     "bench": ("workbench.commands.bench", "speed benchmarks, each against the naive way"),
