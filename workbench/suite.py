@@ -37,7 +37,7 @@ from workbench.report import clock, relative, write_report
 log = logging.getLogger(__name__)
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-PROFILES = ("smoke", "quick", "paper")
+PROFILES = ("smoke", "quick", "study", "paper")
 KERNEL_NAME = "python3"
 # Threads of every kernel (torch, OpenMP, MKL): CPU results are bitwise repeatable only for one thread count,
 # so the committed figures are what `make suite` writes on any machine with this many threads.
@@ -70,7 +70,11 @@ NOTEBOOKS = (
 # Parameters injected per profile ("*": every notebook that declares them); the rest keep the notebook's own.
 PROFILE_PARAMS: dict[str, dict[str, dict]] = {
     "smoke": {"02_ablations": {"methods": ["baseline", "basic_kd", "robustseg"]}},  # three rows keep CI fast
-    "quick": {"02_ablations": {"methods": None, "seeds": [0]}, "10_main_table": {"seeds": [0]}},
+    # quick: the claims on the seed 02 trains (paper weights: the same runs); the claim table proper is `study`
+    "quick": {"02_ablations": {"methods": None, "seeds": [0]}, "08_claims": {"seeds": [0], "weighting": "paper"},
+              "10_main_table": {"seeds": [0]}},
+    "study": {"02_ablations": {"methods": None, "seeds": [0]}, "08_claims": {"seeds": [0, 1, 2, 3, 4]},
+              "10_main_table": {"seeds": [0]}},
     "paper": {"*": {"dataset": "deliver", "data_root": "data/DELIVER"},
               "02_ablations": {"methods": None, "seeds": [0]}, "10_main_table": {"seeds": [0]}},
 }
