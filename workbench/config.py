@@ -467,7 +467,7 @@ def _profile_quick() -> Config:
     """The synthetic study on 2 CPU cores (about 30 s per baseline run). ASM averages its similarity over
     the four stages: trained from scratch at this scale, last-stage features are nearly constant per
     modality, so the last stage's cosine with the fused feature measures fixed offsets and never picks
-    RGB, the modality the models lean on (docs/BENCHMARK.md, "ASM")."""
+    RGB, the modality the models lean on (docs/BENCHMARK.md, "4. Reading the table")."""
     return Config(
         profile="quick",
         data=DataConfig(size=64, train_samples=384, val_samples=128, test_samples=256, batch_size=16),
