@@ -38,12 +38,19 @@ def _as_dict(overrides) -> dict:
     return dict(o.split("=", 1) for o in overrides)
 
 
-def _summary(res: CombinationResults, protocol: str) -> dict:
+SHARES = ("kd", "cp", "ifv")
+
+
+def _summary(res: CombinationResults, protocol: str, run: Run | None = None) -> dict:
+    """A row's scores under `protocol`, and the gradient share of each distillation term at its last
+    validation (docs/METHOD.md, "Loss weights"; nan where the row has no such term)."""
     worst_c, worst = res.worst(protocol)
+    last = run.metrics().last_val if run is not None else {}
     return {"emm": res.emm(protocol), "full": res.full(protocol), "worst": worst, "worst_combo": combo_name(worst_c),
             "no_rgb": res.miou(protocol, tuple(m for m in res.modalities if m != "rgb"))
             if "rgb" in res.modalities and len(res.modalities) > 1 else float("nan"),
-            "p0.1": res.expected(protocol, 0.1)}
+            "p0.1": res.expected(protocol, 0.1),
+            **{f"share_{t}": last.get(f"val/share/{t}", float("nan")) for t in SHARES}}
 
 
 def run_ablation(profile: str = "quick", seeds=(0, 1, 2), methods=None, overrides=None, out=None,
@@ -56,9 +63,10 @@ def run_ablation(profile: str = "quick", seeds=(0, 1, 2), methods=None, override
     per_seed = []
     for seed in seeds:  # seed-major: a partial study already covers every row
         for method in methods:
-            res = Run.of(method, profile, seed, overrides).ensure(progress).evaluation(split, progress=progress)
+            run = Run.of(method, profile, seed, overrides).ensure(progress)
+            res = run.evaluation(split, progress=progress)
             for protocol in res.protocols:
-                per_seed.append({"method": method, "seed": seed, "protocol": protocol, **_summary(res, protocol)})
+                per_seed.append({"method": method, "seed": seed, "protocol": protocol, **_summary(res, protocol, run)})
     summary = summarize(per_seed)
     out = Path(out) if out else figures_dir() / f"ablation_{profile}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +84,7 @@ def summarize(per_seed: list[dict]) -> list[dict]:
     for method, protocol in keys:
         rs = [r for r in per_seed if r["method"] == method and r["protocol"] == protocol]
         row = {"method": method, "protocol": protocol, "seeds": len(rs)}
-        for k in ("emm", "full", "worst", "no_rgb", "p0.1"):
+        for k in ("emm", "full", "worst", "no_rgb", "p0.1", *(f"share_{t}" for t in SHARES)):
             vals = [r[k] for r in rs]
             row[f"{k}_mean"] = statistics.fmean(vals)
             row[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
@@ -87,13 +95,21 @@ def summarize(per_seed: list[dict]) -> list[dict]:
 
 
 def format_summary(rows: list[dict]) -> str:
-    lines = [f"{'method':<11}{'protocol':<9}{'EMM':>15}{'full':>15}{'worst':>15} {'(combo)':<8}{'paper EMM/full':>16}"]
+    """The summary as text, with each row's gradient shares (kd vs CE; cp, ifv vs the weighted KD)."""
+    lines = [f"{'method':<14}{'protocol':<9}{'EMM':>15}{'full':>15}{'worst':>15} {'(combo)':<8}{'paper EMM/full':>16}"
+             f"  gradient share kd / cp / ifv"]
+
     def pm(r, k):
         return f"{r[k + '_mean']:6.2f} ± {r[k + '_std']:4.2f}"
 
+    def share(r, t):
+        v = r.get(f"share_{t}_mean", float("nan"))
+        return "  -  " if v != v else f"{100 * v:4.0f}%"
+
     for r in rows:
-        lines.append(f"{r['method']:<11}{r['protocol']:<9}{pm(r, 'emm'):>15}{pm(r, 'full'):>15}{pm(r, 'worst'):>15} "
-                     f"{r['worst_combo']:<8}{r['paper_emm']:>8.2f}/{r['paper_full']:.2f}")
+        lines.append(f"{r['method']:<14}{r['protocol']:<9}{pm(r, 'emm'):>15}{pm(r, 'full'):>15}{pm(r, 'worst'):>15} "
+                     f"{r['worst_combo']:<8}{r['paper_emm']:>8.2f}/{r['paper_full']:.2f}  "
+                     + " / ".join(share(r, t) for t in SHARES))
     return "\n".join(lines)
 
 
@@ -108,7 +124,7 @@ def run_sweep(method: str, profile: str, grid: dict[str, list], seed: int = 0, s
         res = run.evaluation(split, progress=progress)
         for protocol in res.protocols:
             rows.append({**{k: v for k, v in setting.items()}, "method": method, "seed": seed, "split": split,
-                         "protocol": protocol, **_summary(res, protocol)})
+                         "protocol": protocol, **_summary(res, protocol, run)})
     out = Path(out) if out else figures_dir() / f"sweep_{method}_{profile}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out, rows, digits=4)
