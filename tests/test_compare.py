@@ -53,17 +53,19 @@ def test_paired_ci_edge_cases():
 
 
 # ---------------------------------------------------------------- config
-# Config.hash() of every preset before the comparators existed: their cached runs stay valid.
+# Config.hash() of every ablation preset as of renderer VERSION 3 and the paper's loss aggregation
+# (2026-11-25). A preset's hash names its cached run: a change here retrains every cached run of that
+# preset, so change it deliberately (a new option at its default must not change any hash).
 HASHES = {
-    "tiny": {"baseline": "61603aa01ea2", "basic_kd": "b5a2b57aee51", "ifv_single": "679c6f5f9f3e",
-             "ifv_cross": "4aa237a37d54", "cpd": "d8cec9cd1ba4", "ifv_cpd": "167381d6ad9f", "hpd": "37aed3f248cd",
-             "robustseg": "41cebcb8b87e", "anyseg_approx": "31b301d9698b"},
-    "quick": {"baseline": "648beb9577db", "basic_kd": "21e1037108c4", "ifv_single": "99e85d7bd5fd",
-              "ifv_cross": "1d3fba8c2415", "cpd": "573372a1df04", "ifv_cpd": "5f7ce4259bca", "hpd": "e1bc634db189",
-              "robustseg": "f45c3d20f72b", "anyseg_approx": "0a86f7b8a2af"},
-    "paper": {"baseline": "9561817669b6", "basic_kd": "69f0ae9924f4", "ifv_single": "d601ddbbca4e",
-              "ifv_cross": "22886e68c906", "cpd": "3a8910542b93", "ifv_cpd": "1f917de5ffed", "hpd": "0536e6f4a74b",
-              "robustseg": "56fde9d0961c", "anyseg_approx": "17b4aca68927"},
+    "tiny": {"baseline": "99ec2636fc52", "basic_kd": "1fbb40f38d3c", "ifv_single": "3a76895f4c3b",
+             "ifv_cross": "930e592b368e", "cpd": "ee74ce1bfa7a", "ifv_cpd": "7896f95aeabe",
+             "hpd": "f76a8efd548d", "robustseg": "c29dbd9f1a2d", "anyseg_approx": "8faf9538b694"},
+    "quick": {"baseline": "a0759de79063", "basic_kd": "4167dbc90458", "ifv_single": "ae426f92158b",
+             "ifv_cross": "7eb190260b39", "cpd": "25d33e1d5c42", "ifv_cpd": "ba6d588fa681",
+             "hpd": "be8abc245a7e", "robustseg": "e29e7b3830ab", "anyseg_approx": "ffb5f4aea72e"},
+    "paper": {"baseline": "9561817669b6", "basic_kd": "6d0f524e7234", "ifv_single": "e334ea3dc140",
+             "ifv_cross": "98f5ed9e0398", "cpd": "e7f1eeb375f4", "ifv_cpd": "7b0898eb47ba",
+             "hpd": "d044677474ee", "robustseg": "3060d22c5c75", "anyseg_approx": "75396b8593b4"},
 }
 
 

@@ -22,5 +22,5 @@ def test_paired_difference_hand_computed():
 def test_one_seed_is_inconclusive_and_mismatched_rows_are_an_error():
     d = paired([1.0], [0.0])
     assert d.mean == 1.0 and math.isinf(d.mde) and verdict(d) == "inconclusive at this power"
-    with pytest.raises(ValueError, match="one per seed"):
+    with pytest.raises(ValueError, match="one value per seed"):
         paired([1.0, 2.0], [1.0])

@@ -500,7 +500,13 @@ PROFILES = {"tiny": _profile_tiny, "smoke": _profile_tiny, "quick": _profile_qui
 
 # Loss weights tuned for a profile (on its val split, never on test), applied on top of the paper's
 # defaults by `preset`: profile -> {config key: (value, where it was tuned)}.
-TUNED: dict[str, dict[str, tuple[Any, str]]] = {}
+TUNED: dict[str, dict[str, tuple[Any, str]]] = {
+    "quick": {
+        "distill.cp_weight": (1.0, "hpd, seed 0, val EMM (drop): alpha in {1, 10, 100} x beta in {12, 100}; "
+                                   "figures/sweep_hpd_quick.csv (alpha <= 10 within 0.3 points, alpha = 100 -1.8)"),
+        "distill.ifv_weight": (12.0, "the same sweep (the paper's beta)"),
+    },
+}
 
 # Method presets: the rows of the paper's ablation table (docs/METHOD.md) and the comparators of its main
 # table, each a set of `section.key` overrides applied on top of the profile (and its TUNED weights).

@@ -52,8 +52,10 @@ class PairedDiff:
 def paired(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> PairedDiff:
     """Paired difference a - b (same seeds, same order) with a t confidence interval."""
     if len(a) != len(b) or not a:
-        raise ConfigError(f"paired statistics need equally many values per row (got {len(a)} and {len(b)}), "
-                          f"one per seed in the same order")
+        raise ConfigError(f"paired statistics need equal lengths, one value per seed in the same order (got "
+                          f"{len(a)} and {len(b)})")
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence={confidence} must be in (0, 1), e.g. 0.95")
     d = [x - y for x, y in zip(a, b)]
     n, mean = len(d), statistics.fmean(d)
     if n < 2:

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from workbench.comparators import build_method
-from workbench.config import METHODS, Config
+from workbench.config import METHODS, Config, apply_overrides
 from workbench.data import Collate, dataset_from_config
 from workbench.distributed import EpochSampler
 from workbench.methods import Distiller, Draws
@@ -78,15 +78,16 @@ def shares(norms: dict[str, float], weights: dict[str, float]) -> dict[str, floa
 def measure_config(cfg: Config) -> Config:
     """The full method's terms at the row's conventions: what the probe measures (paper weights, so every
     term is computed; no feedback)."""
-    d = replace(cfg.distill, **{**METHODS["hpd"], "cp_pairing": None}, kd_weight=cfg.distill.kd_weight or 50.0,
-                cp_weight=100.0, ifv_weight=12.0, feedback=False, weighting="paper")
-    return replace(cfg, distill=d)
+    return apply_overrides(cfg, {**METHODS["hpd"], "distill.cp_pairing": None,
+                                 "distill.kd_weight": cfg.distill.kd_weight or 50.0, "distill.cp_weight": 100.0,
+                                 "distill.ifv_weight": 12.0, "distill.feedback": False, "distill.weighting": "paper"})
 
 
 def probe_config(cfg: Config) -> Config:
     """The probe point's run: basic distillation (CE + lambda KD) for one epoch from the same teacher."""
-    d = replace(measure_config(cfg).distill, cp_weight=0.0, ifv_weight=0.0)
-    return replace(cfg, name="probe", distill=d, train=replace(cfg.train, epochs=1, val_every=1))
+    m = measure_config(cfg)
+    return replace(m, name="probe", distill=replace(m.distill, cp_weight=0.0, ifv_weight=0.0),
+                   train=replace(m.train, epochs=1, val_every=1))
 
 
 def measure(cfg: Config, probe_checkpoint: str | Path, teacher_checkpoint: str | Path,
