@@ -11,6 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from workbench import analysis as A  # noqa: E402
+from workbench import plotting as P  # noqa: E402
 from workbench import samples as S  # noqa: E402
 from workbench.config import apply_overrides, preset  # noqa: E402
 from workbench.models import build_model  # noqa: E402
@@ -64,3 +65,20 @@ def test_parameter_distance(tiny):
     assert set(rows) == {"encoder/rgb", "encoder/depth", "encoder/event", "encoder/lidar", "head", "fusion"}
     assert rows["encoder/lidar"]["changed_fraction"] == 1.0 and rows["encoder/lidar"]["l2"] > 0
     assert all(rows[k]["l2"] == 0 for k in ("encoder/rgb", "head", "fusion"))
+
+
+def test_robustness_rows_and_curves(tiny):
+    """RMM/NM results of a tiny model as curve rows (clean point first) and their figure."""
+    from workbench.robustness import evaluate_nm, evaluate_rmm
+
+    model, cfg = tiny
+    loader = Run.from_config(cfg).loader("test", num_samples=4)
+    rmm = {"m": evaluate_rmm(model, loader, rates=(0.5,), progress=False)}
+    nm = {"m": evaluate_nm(model, loader, levels=("low",), progress=False)}
+    rows = A.robustness_rows(rmm, nm, ps=(0.1,))
+    avg = [r for r in rows if r["protocol"] == "rmm" and r["metric"] == "Avg"]
+    assert [r["x"] for r in avg] == ["0", "0.5"] and avg[1]["miou"] == rmm["m"].mean(0.5)
+    assert avg[0]["miou"] == rmm["m"].score(0.5, ())
+    assert [r["miou"] for r in rows if r["protocol"] == "nm"] == [nm["m"].score("low")]
+    fig = P.plot_robustness_curves(rows, {"m": 10.0})
+    assert len(fig.axes) == 2

@@ -247,3 +247,22 @@ def shapley_rows(results: dict[str, CombinationResults]) -> list[dict]:
     """Per method, protocol and modality: the Shapley value of mIoU (what the modality adds)."""
     return [{"method": meth, "protocol": p, "modality": m, "shapley": v}
             for meth, res in results.items() for p in res.protocols for m, v in res.shapley(p).items()]
+
+
+def robustness_rows(rmm: dict, nm: dict, ps: Sequence[float] = (0.2, 0.1)) -> list[dict]:
+    """Per method: the RMM curve (clean, then mIoU^Avg and the expectations per rate) and the NM curve
+    (clean, then mIoU per noise level), as long rows (method, protocol, x, metric, miou) for a figure."""
+    rows = []
+    for meth, res in rmm.items():
+        clean = res.score(res.rates[0], ())
+        rows.append({"method": meth, "protocol": "rmm", "x": "0", "metric": "Avg", "miou": clean})
+        for q in ps:
+            rows.append({"method": meth, "protocol": "rmm", "x": "0", "metric": f"E[p={q}]", "miou": clean})
+        for r in res.rates:
+            rows.append({"method": meth, "protocol": "rmm", "x": f"{r:g}", "metric": "Avg", "miou": res.mean(r)})
+            rows += [{"method": meth, "protocol": "rmm", "x": f"{r:g}", "metric": f"E[p={q}]",
+                      "miou": res.expected(r, q)} for q in ps]
+    for meth, res in nm.items():
+        rows += [{"method": meth, "protocol": "nm", "x": lv, "metric": "mIoU", "miou": res.score(lv)}
+                 for lv in res.levels]
+    return rows

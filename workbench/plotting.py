@@ -521,3 +521,28 @@ def plot_comparison_grid(rows: Sequence[tuple[str, dict[str, dict]]], palette, t
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return fig
+
+
+def plot_robustness_curves(rows: Sequence[dict], clean: dict[str, float] | None = None):
+    """Left: RMM, mIoU against the zeroing rate (solid: the mean over the 15 corrupted sets, dashed: the
+    expectations); right: NM, mIoU per noise level, with each model's clean full-modality mIoU at "clean".
+    `rows` as `analysis.robustness_rows` gives them; `clean`: method -> clean mIoU for the NM panel."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for i, m in enumerate(methods):
+        c = _colour(m, i)
+        rmm = [r for r in rows if r["method"] == m and r["protocol"] == "rmm"]
+        for metric in dict.fromkeys(r["metric"] for r in rmm):
+            pts = [r for r in rmm if r["metric"] == metric]
+            a.plot([float(r["x"]) for r in pts], [r["miou"] for r in pts], color=c,
+                   ls="-" if metric == "Avg" else ":", marker="o" if metric == "Avg" else None,
+                   label=f"{m}" if metric == "Avg" else None)
+        nm = [r for r in rows if r["method"] == m and r["protocol"] == "nm"]
+        xs = (["clean"] if clean else []) + [r["x"] for r in nm]
+        ys = ([clean[m]] if clean else []) + [r["miou"] for r in nm]
+        b.plot(xs, ys, color=c, marker="o", label=m)
+    a.set(xlabel="RMM zeroing rate r", ylabel="mIoU (%)", title="RMM (solid: Avg over sets; dotted: E[p])")
+    b.set(xlabel="NM level", ylabel="mIoU (%)", title="NM (salt-and-pepper + Gaussian noise)")
+    a.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
