@@ -33,7 +33,7 @@ smoke: $(STAMP)
 # shows (the quick runs `make suite` caches; else a reduced quick run is trained here, with progress bars).
 DEMO_PORT ?= 8866
 demo: $(STAMP)
-	@$(PY) -c "from workbench.cli import setup_logging; setup_logging(); \
+	@$(PY) -c "from workbench.logs import setup_logging; setup_logging(); \
 	from workbench.sliders import prepare_classroom; print('[make] runs:', prepare_classroom())"
 	@KERNELS=$$($(PY) -c "from workbench.suite import ensure_kernel; from workbench.paths import runs_dir; \
 	ensure_kernel(); print(runs_dir() / 'suite' / 'jupyter')") && \

@@ -23,3 +23,14 @@ def tiny_cfg():
     """The tiny preset, shrunk further so a training run takes about a second."""
     return apply_overrides(preset("tiny"), {"data.train_samples": 8, "data.val_samples": 4, "data.test_samples": 4,
                                             "train.epochs": 2})
+
+
+@pytest.fixture
+def tiny():
+    """An untrained tiny RobustSeg-shaped model (eval mode) and its smoke config (4 test samples)."""
+    from workbench.models import build_model
+
+    cfg = apply_overrides(preset("robustseg", "smoke"), {"data.test_samples": 4})
+    torch.manual_seed(0)
+    model = build_model(cfg.model, ("rgb", "depth", "event", "lidar"), 12).eval()
+    return model, cfg

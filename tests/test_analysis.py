@@ -7,23 +7,13 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from workbench import analysis as A  # noqa: E402
 from workbench import plotting as P  # noqa: E402
 from workbench import samples as S  # noqa: E402
-from workbench.config import apply_overrides, preset  # noqa: E402
 from workbench.models import build_model  # noqa: E402
 from workbench.runs import Run  # noqa: E402
-
-
-@pytest.fixture
-def tiny():
-    cfg = apply_overrides(preset("robustseg", "smoke"), {"data.test_samples": 4})
-    torch.manual_seed(0)
-    model = build_model(cfg.model, ("rgb", "depth", "event", "lidar"), 12).eval()
-    return model, cfg
 
 
 def test_feature_points_and_tsne(tiny):

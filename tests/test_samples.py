@@ -10,16 +10,6 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from workbench import samples as S  # noqa: E402
-from workbench.config import apply_overrides, preset  # noqa: E402
-from workbench.models import build_model  # noqa: E402
-
-
-@pytest.fixture
-def tiny():
-    cfg = apply_overrides(preset("robustseg", "smoke"), {"data.test_samples": 4})
-    torch.manual_seed(0)
-    model = build_model(cfg.model, ("rgb", "depth", "event", "lidar"), 12).eval()
-    return model, cfg
 
 
 def test_sample_miou_and_error_map():

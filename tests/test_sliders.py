@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 from workbench import samples as S  # noqa: E402
 from workbench import sliders as SL  # noqa: E402
-from workbench.config import apply_overrides, preset  # noqa: E402
+from workbench.config import apply_overrides  # noqa: E402
 from workbench.data.transforms import normalize  # noqa: E402
 from workbench.models import build_model  # noqa: E402
 from workbench.robustness import draw_generator, nm_corrupt, rmm_corrupt  # noqa: E402
@@ -23,12 +23,6 @@ from workbench.robustness import draw_generator, nm_corrupt, rmm_corrupt  # noqa
 MODS = ("rgb", "depth", "event", "lidar")
 
 
-@pytest.fixture
-def tiny():
-    cfg = apply_overrides(preset("robustseg", "smoke"), {"data.test_samples": 4})
-    torch.manual_seed(0)
-    model = build_model(cfg.model, MODS, 12).eval()
-    return model, cfg
 
 
 def test_degradations_are_deterministic_and_in_range():

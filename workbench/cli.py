@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from workbench.errors import WorkbenchError, storage_error
+from workbench.logs import setup_logging
 
 DESCRIPTION = """RobustSeg workbench: train, evaluate and study robust multi-modal semantic segmentation.
 
@@ -38,39 +38,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "weights": ("workbench.commands.weights", "weights tools: weights import-mit SRC --variant bN --out DST"),
     "presets": ("workbench.commands.presets", "list profiles, methods and tuned weights; --show NAME prints a config"),
 }
-
-
-class _ShortNames(logging.Formatter):
-    """`[train] message` for the logger `workbench.train`."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        name = record.name.removeprefix("workbench.")
-        prefix = f"[{name}] " if record.levelno < logging.WARNING else f"[{name}] {record.levelname.lower()}: "
-        return prefix + record.getMessage()
-
-
-class _Stderr(logging.StreamHandler):
-    """Writes to whatever `sys.stderr` is at the time (a notebook or a test may replace it)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def setup_logging(quiet: bool = False) -> None:
-    """Show the workbench's log messages on stderr (INFO, or WARNING with `quiet`)."""
-    logger = logging.getLogger("workbench")
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    if not any(getattr(h, "_workbench", False) for h in logger.handlers):
-        handler = _Stderr()
-        handler.setFormatter(_ShortNames())
-        handler._workbench = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.propagate = False
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

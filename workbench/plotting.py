@@ -441,27 +441,6 @@ def plot_cfm_sample(maps: dict[str, dict], b: int, stage: int, title: str = ""):
     fig.tight_layout()
     return fig
 
-def plot_state_grid(outputs: Sequence[tuple[str, dict]], palette, title: str = ""):
-    """One row per input state: every modality as the model saw it, the label, prediction and errors."""
-    mods = list(outputs[0][1]["inputs"])
-    ncols = len(mods) + 3
-    fig, axes = plt.subplots(len(outputs), ncols, figsize=(1.35 * ncols, 1.45 * len(outputs)), squeeze=False)
-    for r, (name, out) in enumerate(outputs):
-        ims = [modality_image(out["inputs"][m]) for m in mods] + [
-            colorize(out["label"], palette), colorize(out["pred"], palette), error_image(out["error"])]
-        heads = [*mods, "label", "prediction", "errors"]
-        for c, (img, head) in enumerate(zip(ims, heads)):
-            ax = axes[r, c]
-            ax.imshow(img)
-            _off(ax)
-            if r == 0:
-                ax.set_title(head, fontsize=8)
-        axes[r, 0].set_ylabel(f"{name}\nmIoU {out['miou']:.1f}", fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
-    return fig
-
-
 VERDICT_COLOURS = {"reproduced": "#2ca02c", "contradicted": "#d62728", "inconclusive at this power": "#7f7f7f"}
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from workbench.checkpoint import git_commit
 from workbench.errors import ConfigError, MissingFile, UnknownName
+from workbench.logs import StderrHandler
 from workbench.paths import REPO_ROOT, figures_dir, runs_dir
 from workbench.report import clock, relative, write_report
 
@@ -175,18 +176,6 @@ class _JsonLines(logging.Formatter):
                            "message": record.getMessage()})
 
 
-class _NotebookStderr(logging.StreamHandler):
-    """Warnings and errors still show in the notebook: written to whatever `sys.stderr` is at the time."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
 def log_to_suite() -> None:
     """In a kernel the suite started (it runs this first): the workbench's INFO records go to the file
     named by WORKBENCH_SUITE_LOG, which the suite shows as progress; warnings also go to the notebook.
@@ -198,7 +187,7 @@ def log_to_suite() -> None:
     logger.setLevel(logging.INFO)
     to_file = logging.FileHandler(path, encoding="utf-8")
     to_file.setFormatter(_JsonLines())
-    to_notebook = _NotebookStderr()
+    to_notebook = StderrHandler()  # warnings and errors still show in the notebook
     to_notebook.setLevel(logging.WARNING)
     to_notebook.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
     logger.addHandler(to_file)
