@@ -11,10 +11,18 @@ import torch  # noqa: E402
 from workbench.config import apply_overrides, preset  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_runs(tmp_path_factory):
+    """Runs and figures in the session's temporary folder, set before any fixture of any scope runs
+    (a module-scoped fixture that trains must not write into the repository's runs/)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WORKBENCH_RUNS", str(tmp_path_factory.getbasetemp() / "runs"))
+        mp.setenv("WORKBENCH_FIGURES", str(tmp_path_factory.getbasetemp() / "figures"))
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _isolated_runs(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path_factory.getbasetemp() / "runs"))
-    monkeypatch.setenv("WORKBENCH_FIGURES", str(tmp_path_factory.getbasetemp() / "figures"))
+def _seeded():
     torch.manual_seed(0)
 
 

@@ -119,7 +119,7 @@ def test_public_conventions_switch_sets_each_convention_and_a_step_runs():
 def test_student_init_from_teacher_or_from_the_teachers_initial_weights(tiny_cfg, tmp_path):
     """`same_init`: the student starts from the weights the teacher started from (same seed, same build
     order); `from_teacher`: from the trained teacher."""
-    from workbench.methods import build_method
+    from workbench.comparators import build_method
     from workbench.models import load_model
     from workbench.train import train
 
