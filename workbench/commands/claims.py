@@ -10,7 +10,7 @@ from workbench.config import PROFILES
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Train (or reuse) the ablation rows at every seed and print, per claim of the paper and "
-                     "protocol, the paired difference with its 95%% CI, the smallest difference the design "
+                     "protocol, the paired difference with its 95% CI, the smallest difference the design "
                      "can detect, the paper's difference and a verdict (reproduced / contradicted / "
                      "inconclusive at this power).")
     p.add_argument("--profile", default="quick", help=f"the scale: {', '.join(PROFILES)}")
