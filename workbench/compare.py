@@ -152,7 +152,7 @@ def summarize(per_seed: list[dict], methods: Sequence[str], confidence: float = 
             for k in METRICS:
                 vals = [r[k] for r in mine]
                 row[f"{k}_mean"] = statistics.fmean(vals)
-                row[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                row[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else math.nan  # no spread from one seed
             for k in METRICS:
                 row[f"paper_{k}"] = PAPER_MAIN.get(method, {}).get(k, math.nan)
             paired = [r for r in mine if r["seed"] in ref]
@@ -181,7 +181,8 @@ def format_table(cmp: Comparison) -> str:
     lines = [head, f"{'method':<{width}}{'protocol':<10}" + "".join(f"{METRIC_NAMES[k]:>16}" for k in METRICS)
              + "   paper full / EL / EMM"]
     for r in cmp.rows:
-        ours = "".join(f"{_num(r[k + '_mean'])} ± {r[k + '_std']:5.2f}".rjust(16) for k in METRICS)
+        ours = "".join((f"{_num(r[k + '_mean'])} ± {r[k + '_std']:5.2f}" if r[k + "_std"] == r[k + "_std"]
+                        else _num(r[k + "_mean"])).rjust(16) for k in METRICS)
         paper = " / ".join(_num(r[f"paper_{k}"], 5).strip() for k in METRICS)
         lines.append(f"{r['label']:<{width}}{r['protocol']:<10}{ours}   {paper}")
     if REFERENCE in cmp.methods and len(cmp.methods) > 1:

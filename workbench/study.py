@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import statistics
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def summarize(per_seed: list[dict]) -> list[dict]:
         for k in ("emm", "full", "worst", "no_rgb", "p0.1", *(f"share_{t}" for t in SHARES)):
             vals = [r[k] for r in rs]
             row[f"{k}_mean"] = statistics.fmean(vals)
-            row[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            row[f"{k}_std"] = statistics.stdev(vals) if len(vals) > 1 else math.nan  # no spread from one seed
         row["worst_combo"] = max({r["worst_combo"] for r in rs}, key=[r["worst_combo"] for r in rs].count)
         row["paper_emm"], row["paper_full"] = PAPER_ABLATION.get(method, (float("nan"), float("nan")))
         rows.append(row)
@@ -100,7 +101,8 @@ def format_summary(rows: list[dict]) -> str:
              f"  gradient share kd / cp / ifv"]
 
     def pm(r, k):
-        return f"{r[k + '_mean']:6.2f} ± {r[k + '_std']:4.2f}"
+        std = r[k + "_std"]
+        return f"{r[k + '_mean']:6.2f} ± {std:4.2f}" if std == std else f"{r[k + '_mean']:6.2f}       "
 
     def share(r, t):
         v = r.get(f"share_{t}_mean", float("nan"))
