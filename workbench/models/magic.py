@@ -50,8 +50,7 @@ from torch import nn
 
 from workbench.losses import ce_loss
 from workbench.models.cmnext import ParallelPooling
-from workbench.models.encoders import build_encoder, encoder_channels
-from workbench.models.segmentor import SegFormerHead, Segmentor, SegOutput
+from workbench.models.segmentor import SegFormerHead, Segmentor, SegOutput, modality_encoders
 
 
 @dataclass
@@ -129,16 +128,8 @@ class MAGIC(nn.Module):
         super().__init__()
         self.modalities = tuple(modalities)
         self.num_classes = num_classes
-        in_chans = {m: 3 for m in self.modalities} | (in_chans or {})
-        if shared_encoder and len({in_chans[m] for m in self.modalities}) > 1:
-            raise ValueError(f"MAGIC's shared encoder needs equal channel counts; got {in_chans}. Repeat "
-                             f"1-channel inputs to 3 channels, or pass shared_encoder=False")
         self.shared_encoder = shared_encoder
-        names = ["shared"] if shared_encoder else list(self.modalities)
-        self.encoders = nn.ModuleDict({
-            n: build_encoder(encoder, in_chans[self.modalities[0] if shared_encoder else n], drop_path)
-            for n in names})
-        self.channels = encoder_channels(next(iter(self.encoders.values())))
+        self.encoders, self.channels = modality_encoders(encoder, self.modalities, in_chans, shared_encoder, drop_path)
         self.mam = nn.ModuleList(MAM(c, len(self.modalities), mlp_ratio) for c in self.channels)
         self.asm = nn.ModuleList(ASM(c, mlp_ratio) for c in self.channels)
         self.head = SegFormerHead(self.channels, head_dim, num_classes, head_dropout)

@@ -30,6 +30,20 @@ from workbench.options import Protocol, check, choices
 PROTOCOLS = choices(Protocol)
 
 
+def modality_encoders(encoder: str, modalities, in_chans: dict | None, shared_encoder: bool,
+                      drop_path: float) -> tuple[nn.ModuleDict, list[int]]:
+    """One encoder per modality (or one `shared` encoder for all) and the channels of its four stages.
+    `in_chans`: input channels per modality (default 3)."""
+    in_chans = {m: 3 for m in modalities} | (in_chans or {})
+    if shared_encoder and len({in_chans[m] for m in modalities}) > 1:
+        raise ConfigError(f"model.shared_encoder=True needs equal channel counts; got {in_chans}. Repeat "
+                          f"1-channel inputs to 3 channels, or set model.shared_encoder=false")
+    names = ["shared"] if shared_encoder else list(modalities)
+    encoders = nn.ModuleDict({n: build_encoder(encoder, in_chans[modalities[0] if shared_encoder else n], drop_path)
+                              for n in names})
+    return encoders, encoder_channels(next(iter(encoders.values())))
+
+
 @dataclass
 class SegOutput:
     logits: torch.Tensor  # (B, K, H, W) at input resolution
@@ -95,15 +109,8 @@ class Segmentor(nn.Module):
         super().__init__()
         self.modalities = tuple(modalities)
         self.num_classes = num_classes
-        in_chans = {m: 3 for m in self.modalities} | (in_chans or {})
-        if shared_encoder and len(set(in_chans[m] for m in self.modalities)) > 1:
-            raise ConfigError(f"model.shared_encoder=True needs equal channel counts; got {in_chans}")
         self.shared_encoder = shared_encoder
-        names = ["shared"] if shared_encoder else list(self.modalities)
-        self.encoders = nn.ModuleDict({
-            n: build_encoder(encoder, in_chans[self.modalities[0] if shared_encoder else n], drop_path)
-            for n in names})
-        self.channels = encoder_channels(next(iter(self.encoders.values())))
+        self.encoders, self.channels = modality_encoders(encoder, self.modalities, in_chans, shared_encoder, drop_path)
         self.fusion = Fusion(fusion, self.channels, len(self.modalities))
         self.head = SegFormerHead(self.channels, head_dim, num_classes, head_dropout)
 
