@@ -37,3 +37,34 @@ def test_a_gradient_share_run_trains_with_those_weights_and_logs_the_shares():
     val = run.metrics().last_val
     assert {"val/share/kd", "val/share/cp", "val/share/ifv", "val/grad/ce"} <= set(val)
     assert all(math.isfinite(val[k]) for k in val if k.startswith("val/share/"))
+
+
+def test_a_row_keeps_the_terms_its_preset_switches_off(caplog):
+    """gradient_share sets lambda, alpha, beta for the terms a row uses; basic_kd (alpha = beta = 0) and cpd
+    (beta = 0) keep those terms off, so they do not become HPD under another name. A run trained by the
+    older rule (its run_info.json records other weights) is trained again, not reused."""
+    import json
+
+    import torch
+
+    rows = {r: Run.of(r, "tiny", 0, OVER).ensure(progress=False) for r in ("basic_kd", "cpd", "hpd")}
+    lw = rows["hpd"].loss_weights().as_dict()
+    w = {r: run.state()["method"]["weights"] for r, run in rows.items()}
+    assert w["basic_kd"] == pytest.approx({"kd": lw["kd"], "cp": 0.0, "ifv": 0.0})
+    assert w["cpd"] == pytest.approx({"kd": lw["kd"], "cp": lw["cp"], "ifv": 0.0})
+    assert w["hpd"] == pytest.approx(lw)
+    kd_state, hpd_state = rows["basic_kd"].state()["model"], rows["hpd"].state()["model"]
+    assert any(not torch.equal(kd_state[k], hpd_state[k]) for k in kd_state), "basic_kd trained as HPD"
+
+    run = rows["basic_kd"]
+    info_path = run.dir / "run_info.json"
+    info = json.loads(info_path.read_text())
+    info["loss_weights"] = lw  # what the old rule recorded: every term on
+    info_path.write_text(json.dumps(info))
+    before = run.checkpoint.stat().st_mtime_ns
+    again = Run.of("basic_kd", "tiny", 0, OVER).ensure(progress=False)
+    assert "training it again" in caplog.text
+    assert again.checkpoint.stat().st_mtime_ns != before
+    assert json.loads(info_path.read_text())["loss_weights"] == pytest.approx(w["basic_kd"])
+    assert Run.of("basic_kd", "tiny", 0, OVER).ensure(progress=False).checkpoint.stat().st_mtime_ns == \
+        again.checkpoint.stat().st_mtime_ns, "a run trained with the current rule is reused"

@@ -98,6 +98,17 @@ class Supervised:
         """The baseline has no state beyond the model and optimizer, which the loop restores."""
 
 
+def applied(configured: dict[str, float], chosen: dict[str, float] | None) -> dict[str, float]:
+    """The weights a row trains with: `chosen` (the gradient_share rule's lambda, alpha, beta,
+    `workbench.weighting`) for every term the row uses, and 0 for the terms its preset switches off
+    (configured weight 0: basic_kd's alpha and beta, cpd's beta, ...)."""
+    out = dict(configured)
+    for k, v in (chosen or {}).items():
+        if k in out and out[k] != 0:
+            out[k] = float(v)
+    return out
+
+
 class Distiller(Supervised):
     """RobustSeg: the student (initialized from the teacher) learns under Anymodal Dropout from the
     frozen full-modality teacher with L_hp = L_CE + lambda L_KL + alpha L_cp + beta L_ifv; with
@@ -108,8 +119,9 @@ class Distiller(Supervised):
         super().__init__(cfg, model, ctx)
         self.d = cfg.distill
         # lambda, alpha, beta: the config's numbers, or those the gradient_share rule chose (workbench.weighting)
-        self.weights = {"kd": self.d.kd_weight, "cp": self.d.cp_weight, "ifv": self.d.ifv_weight}
-        self.weights |= {k: float(v) for k, v in (loss_weights or {}).items() if k in self.weights}
+        # (a term the row switches off, weight 0 in its preset, stays off: `applied`)
+        self.weights = applied({"kd": self.d.kd_weight, "cp": self.d.cp_weight, "ifv": self.d.ifv_weight},
+                               loss_weights)
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from workbench.config import Config, apply_overrides, preset
 from workbench.data import Collate, dataset_from_config
 from workbench.errors import CheckpointError, MissingFile
 from workbench.evaluate import TTA, CombinationResults, evaluate_combinations
+from workbench.methods import applied
 from workbench.models import load_model
 from workbench.models.build import checkpoint_path as resolve_checkpoint
 from workbench.options import RobustnessProtocol, Which, check
@@ -132,21 +134,32 @@ class Run:
         finished (a crash leaves the old run intact)."""
         if self.done and not retrain:
             problem = checkpoint_problem(self.checkpoint)
-            if problem is None:
+            stale = self._trained_with_other_weights(progress) if problem is None else None
+            if problem is None and stale is None:
                 return self
-            if self.checkpoint != self.dir / "final.pt":
+            if problem is None:  # trained by a workbench whose weighting rule has since been fixed
+                log.warning("%s was trained with loss weights %s, not the %s its config gives (before 2026-11-26 "
+                            "gradient_share also turned on the terms a row switches off); training it again",
+                            self, stale, self._weights_now(progress))
+                retrain = True
+            elif self.checkpoint != self.dir / "final.pt":
                 raise CheckpointError(f"checkpoint {self.checkpoint} is truncated or corrupt ({problem}); copy it again "
                                       f"from its source or train it again")
-            log.warning("%s is truncated or corrupt (%s); rebuilding it from the run's last.pt", self.checkpoint,
-                        problem)
-            self.checkpoint.unlink()
+            else:
+                log.warning("%s is truncated or corrupt (%s); rebuilding it from the run's last.pt", self.checkpoint,
+                            problem)
+                self.checkpoint.unlink()
+        elif not retrain and self._trained_with_other_weights(progress) is not None:  # an unfinished stale run
+            log.warning("%s was started with other loss weights (before 2026-11-26); training it from scratch", self)
+            retrain = True
         teacher = self.teacher
         if teacher is not None and self.config.distill.teacher is None:
             teacher.ensure(progress=progress)
         teacher_checkpoint = teacher.checkpoint if teacher is not None else None
         lw = self.loss_weights(progress)
         weights = lw.as_dict() if lw is not None else None
-        log.info("training %s%s", self, f" with {W.describe(weights, lw.norms)} (gradient_share)" if lw else "")
+        log.info("training %s%s", self, f" with {W.describe(self._weights_now() or weights, lw.norms)} "
+                                        f"(gradient_share)" if lw else "")
         if not (retrain and self.dir.exists()):
             train(self.config, self.dir, resume=True, progress=progress, teacher_checkpoint=teacher_checkpoint,
                   loss_weights=weights)
@@ -161,6 +174,30 @@ class Run:
             os.replace(fresh, self.dir)
         shutil.rmtree(old, ignore_errors=True)
         return self
+
+    def _weights_now(self, progress: bool = False) -> dict[str, float] | None:
+        """lambda, alpha, beta this run trains with under `gradient_share` (None under `paper`)."""
+        lw = self.loss_weights(progress)
+        if lw is None or self.config.distill.method != "robustseg":
+            return None
+        d = self.config.distill
+        return applied({"kd": d.kd_weight, "cp": d.cp_weight, "ifv": d.ifv_weight}, lw.as_dict())
+
+    def _trained_with_other_weights(self, progress: bool = False) -> dict[str, float] | None:
+        """The weights recorded in run_info.json when they differ from `_weights_now` (else None)."""
+        d = self.config.distill
+        if not d.enabled or d.weighting == "paper" or d.method != "robustseg":
+            return None
+        try:
+            recorded = json.loads((self.dir / "run_info.json").read_text()).get("loss_weights")
+        except (OSError, ValueError):
+            return None
+        want = self._weights_now(progress)
+        if not recorded or want is None:
+            return None
+        same = all(math.isclose(float(recorded.get(k, math.nan)), v, rel_tol=1e-6, abs_tol=1e-12)
+                   for k, v in want.items())
+        return None if same else recorded
 
     def loss_weights(self, progress: bool = False) -> W.LossWeights | None:
         """The weights the `gradient_share` rule chose for this run (None under `weighting=paper`):

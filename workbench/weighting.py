@@ -16,7 +16,8 @@ conventions), and sets
     alpha  = share_cp * lambda * g_KL / g_cp,    beta = share_ifv * lambda * g_KL / g_ifv
 
 (each g the mean over the probe batches). Every row of a study at one profile and seed shares the probe
-point and the full method's terms, so every row gets the same weights.
+point and the full method's terms, so every row gets the same weights for the terms it uses; a term that a
+row switches off (weight 0 in its preset, e.g. basic_kd's alpha and beta) stays off (`methods.applied`).
 """
 
 from __future__ import annotations
