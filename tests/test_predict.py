@@ -154,3 +154,18 @@ def test_tile_images_places_tiles_and_captions():
     assert (out[14:, :10] == 0).all() and (out[14:, 14:] == 255).all() and (out[14:, 10:14] == 255).all()
     assert (out[:14] < 255).any(), "captions are drawn above the tiles"
     assert tile_images([a]).shape == (4, 5, 3)
+
+
+def test_evaluate_every_protocol_on_the_replica_deliver_tree(deliver_tree, capsys):
+    """`evaluate --protocol all` on a checkpoint trained on the replica DeLiVER tree: combinations, per
+    condition and per case (DeLiVER's folders), RMM and NM tables, and one sensor-failure case alone."""
+    from workbench.cli import main
+
+    _, ckpt = deliver_tree
+    assert main(["evaluate", str(ckpt), "--protocol", "all", "--rates", "0.5", "--levels", "low", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "EMM" in out and "Shapley (drop)" in out
+    assert "per condition (drop)" in out and "per case (zero)" in out
+    assert "RMM r=0.5" in out and "Expectation_p0.2" in out and "NM (seed 0" in out
+    assert main(["evaluate", str(ckpt), "--case", "rain", "--protocol", "drop", "--quiet"]) == 0  # the test scene
+    assert "(rain)" in capsys.readouterr().out
