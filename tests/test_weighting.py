@@ -68,3 +68,15 @@ def test_a_row_keeps_the_terms_its_preset_switches_off(caplog):
     assert json.loads(info_path.read_text())["loss_weights"] == pytest.approx(w["basic_kd"])
     assert Run.of("basic_kd", "tiny", 0, OVER).ensure(progress=False).checkpoint.stat().st_mtime_ns == \
         again.checkpoint.stat().st_mtime_ns, "a run trained with the current rule is reused"
+
+
+def test_the_probe_distils_from_the_rows_own_teacher():
+    """The probe point is one epoch of basic distillation from the teacher the row distils (trained for the
+    row's whole schedule), not from a baseline trained for the probe's single epoch."""
+    from workbench.weighting import probe_config
+
+    run = Run.of("hpd", "tiny", 0, {**OVER, "train.epochs": 2})
+    run.loss_weights()
+    probe = Run.from_config(probe_config(run.config, run.teacher.checkpoint))
+    assert probe.done and probe.config.train.epochs == 1
+    assert probe.teacher.checkpoint == run.teacher.checkpoint and run.teacher.config.train.epochs == 2

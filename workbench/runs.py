@@ -139,7 +139,7 @@ class Run:
                 return self
             if problem is None:  # trained by a workbench whose weighting rule has since been fixed
                 log.warning("%s was trained with loss weights %s, not the %s its config gives (before 2026-11-26 "
-                            "gradient_share also turned on the terms a row switches off); training it again",
+                            "the gradient_share rule was measured differently); training it again",
                             self, stale, self._weights_now(progress))
                 retrain = True
             elif self.checkpoint != self.dir / "final.pt":
@@ -208,7 +208,7 @@ class Run:
         teacher = self.teacher
         if d.teacher is None:
             teacher.ensure(progress=progress)
-        probe = Run.from_config(W.probe_config(self.config)).ensure(progress=progress)
+        probe = Run.from_config(W.probe_config(self.config, teacher.checkpoint)).ensure(progress=progress)
         key = {"split": "train", "which": "model", "measure": W.measure_config(self.config).to_dict()}
         return probe._cached("weights", key, lambda: W.measure(self.config, probe.checkpoint, teacher.checkpoint),
                              W.LossWeights.from_state)

@@ -84,10 +84,13 @@ def measure_config(cfg: Config) -> Config:
                                  "distill.ifv_weight": 12.0, "distill.feedback": False, "distill.weighting": "paper"})
 
 
-def probe_config(cfg: Config) -> Config:
-    """The probe point's run: basic distillation (CE + lambda KD) for one epoch from the same teacher."""
+def probe_config(cfg: Config, teacher_checkpoint: str | Path | None = None) -> Config:
+    """The probe point's run: basic distillation (CE + lambda KD) for one epoch from the row's teacher
+    (`teacher_checkpoint`: the trained baseline of the row's full schedule; without it the probe would
+    distil from a baseline trained for its own single epoch)."""
     m = measure_config(cfg)
-    return replace(m, name="probe", distill=replace(m.distill, cp_weight=0.0, ifv_weight=0.0),
+    teacher = str(teacher_checkpoint) if teacher_checkpoint is not None else m.distill.teacher
+    return replace(m, name="probe", distill=replace(m.distill, cp_weight=0.0, ifv_weight=0.0, teacher=teacher),
                    train=replace(m.train, epochs=1, val_every=1))
 
 
