@@ -140,7 +140,7 @@ class Run:
             if problem is None:  # trained by a workbench whose weighting rule has since been fixed
                 log.warning("%s was trained with loss weights %s, not the %s its config gives (before 2026-11-26 "
                             "the gradient_share rule was measured differently); training it again",
-                            self, stale, self._weights_now(progress))
+                            self, stale, self._weights_now(self.loss_weights(progress)))
                 retrain = True
             elif self.checkpoint != self.dir / "final.pt":
                 raise CheckpointError(f"checkpoint {self.checkpoint} is truncated or corrupt ({problem}); copy it again "
@@ -158,7 +158,7 @@ class Run:
         teacher_checkpoint = teacher.checkpoint if teacher is not None else None
         lw = self.loss_weights(progress)
         weights = lw.as_dict() if lw is not None else None
-        log.info("training %s%s", self, f" with {W.describe(self._weights_now() or weights, lw.norms)} "
+        log.info("training %s%s", self, f" with {W.describe(self._weights_now(lw) or weights, lw.norms)} "
                                         f"(gradient_share)" if lw else "")
         if not (retrain and self.dir.exists()):
             train(self.config, self.dir, resume=True, progress=progress, teacher_checkpoint=teacher_checkpoint,
@@ -175,9 +175,8 @@ class Run:
         shutil.rmtree(old, ignore_errors=True)
         return self
 
-    def _weights_now(self, progress: bool = False) -> dict[str, float] | None:
-        """lambda, alpha, beta this run trains with under `gradient_share` (None under `paper`)."""
-        lw = self.loss_weights(progress)
+    def _weights_now(self, lw: W.LossWeights | None) -> dict[str, float] | None:
+        """lambda, alpha, beta this run trains with, given the gradient_share rule's `lw` (None under `paper`)."""
         if lw is None or self.config.distill.method != "robustseg":
             return None
         d = self.config.distill
@@ -192,7 +191,7 @@ class Run:
             recorded = json.loads((self.dir / "run_info.json").read_text()).get("loss_weights")
         except (OSError, ValueError):
             return None
-        want = self._weights_now(progress)
+        want = self._weights_now(self.loss_weights(progress))
         if not recorded or want is None:
             return None
         same = all(math.isclose(float(recorded.get(k, math.nan)), v, rel_tol=1e-6, abs_tol=1e-12)
