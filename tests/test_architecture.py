@@ -5,6 +5,7 @@ under `if TYPE_CHECKING:` do not (they never run)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from workbench.paths import REPO_ROOT
@@ -117,9 +118,9 @@ def _closure(name: str) -> set[str]:
 
 
 def test_low_layers_import_nothing_above_them():
-    above = {"workbench.runs", "workbench.train", "workbench.methods", "workbench.study", "workbench.suite",
+    above = {"workbench.runs", "workbench.train", "workbench.study", "workbench.suite",
              "workbench.report", "workbench.analysis", "workbench.samples", "workbench.sliders", "workbench.records",
-             "workbench.cli"}
+             "workbench.cli"} | {m for m in MODULES if m.startswith("workbench.methods")}
     assert _closure("workbench.tables") == set()
     assert _closure("workbench.records") <= {"workbench.errors"}
     assert not _closure("workbench.plotting") & above, "plotting takes numbers; it imports no analysis"
@@ -137,3 +138,74 @@ def test_notebooks_use_run_for_trained_models():
         code = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
         for old in ("load_model", "load_checkpoint", "train(", "final.pt"):
             assert old not in code, f"{path.name} uses {old}; get trained models through workbench.runs.Run"
+
+
+# -- one definition of each idea -------------------------------------------------------------------------------
+
+TERM_NAMES = {"kd", "cp", "ifv", "kd_weight", "cp_weight", "ifv_weight", "share_kd", "share_cp", "share_ifv"}
+TERMS_HOME = "workbench.methods.robustseg"  # where `TERMS`, the one table of the distillation terms, lives
+
+
+def _term_lists(tree: ast.AST) -> list[int]:
+    """Lines of literal collections (tuple, list, set, dict keys) that spell two or more distillation terms."""
+    lines = []
+    for node in ast.walk(tree):
+        items = node.keys if isinstance(node, ast.Dict) else node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) \
+            else None
+        if items is None:
+            continue
+        names = {k.value for k in items if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+        if len(names & TERM_NAMES) >= 2:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_distillation_terms_are_listed_only_in_their_table():
+    """{kd, cp, ifv} (or their weight / share fields) are spelled out once, in `TERMS`; every other module
+    iterates the table (a new term is one line there)."""
+    found = {name: lines for name, path in MODULES.items() if name != TERMS_HOME
+             and (lines := _term_lists(ast.parse(path.read_text())))}
+    assert found == {}, f"modules that list the distillation terms instead of iterating methods.robustseg.TERMS: {found}"
+
+
+def _defined(name: str) -> set[str]:
+    return {m for m, path in MODULES.items() for node in ast.parse(path.read_text()).body
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name}
+
+
+def test_one_registry_per_kind_and_one_definition_of_each_idea():
+    assert _defined("build_method") == {"workbench.methods"}, "methods are built from the METHODS registry only"
+    assert _defined("METHODS") == set() and {m for m in MODULES if m.endswith(("comparators", "weighting"))} == set()
+    assert _defined("shapley") == {"workbench.evaluate"}
+    assert _defined("dropout_mask") == {"workbench.methods.base"}
+    assert _defined("check_device") == {"workbench.options"}
+    assert not any(m.startswith("workbench.methods") for m in GRAPH["workbench.config"])
+    for name in ("workbench.cli", "workbench.suite"):  # the command line imports the suite, never the reverse
+        assert "workbench.cli" not in _closure("workbench.suite"), name
+    assert "add_arguments" not in {n.name for n in ast.parse(MODULES["workbench.suite"].read_text()).body
+                                   if isinstance(n, ast.FunctionDef)}, "the suite command lives in commands/suite.py"
+
+
+def layer_listing(width: int = 110) -> list[str]:
+    """The README's layer listing: per layer, its modules (without the `workbench.` prefix), wrapped."""
+    by: dict[int, list[str]] = {}
+    for m, level in layers().items():
+        if m != "workbench.__main__":
+            by.setdefault(level, []).append(m.removeprefix("workbench."))
+    out = []
+    for level in sorted(by):
+        line = f"  {level:>2}  "
+        for name in sorted(by[level]):
+            if len(line) + len(name) + 1 > width:
+                out.append(line.rstrip())
+                line = " " * 6
+            line += name + " "
+        out.append(line.rstrip())
+    return out
+
+
+def test_the_readme_lists_the_layers_as_they_are():
+    readme = (REPO_ROOT / "README.md").read_text().splitlines()
+    listed = [line for line in readme if re.match(r"^  ( \d|\d\d)  \S|^      \S", line)]
+    expected = layer_listing()
+    assert listed == expected, "README's layer listing is stale; replace it with:\n" + "\n".join(expected)

@@ -2,9 +2,8 @@
 
 import torch
 
-from workbench.comparators import AnySegDistiller, MagicMethod
 from workbench.config import apply_overrides
-from workbench.methods import Draws
+from workbench.methods import AnySegDistiller, Draws, MagicMethod
 from workbench.models import Segmentor
 from workbench.models.magic import MAGIC
 

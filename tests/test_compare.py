@@ -10,11 +10,10 @@ import torch
 
 from workbench import compare
 from workbench.cli import main as cli_main
-from workbench.comparators import AnySegDistiller, MagicMethod, build_method
-from workbench.config import METHODS, Config, ConfigError, apply_overrides, preset
+from workbench.config import PRESETS, Config, ConfigError, apply_overrides, preset
 from workbench.data import dataset_from_config
 from workbench.evaluate import combinations, confusion_matrix, evaluate_combinations, one_pass_supported
-from workbench.methods import Distiller, Supervised
+from workbench.methods import AnySegDistiller, Distiller, MagicMethod, Supervised, build_method
 from workbench.models import MAGIC, CMNeXt, Segmentor, build_model, load_model
 from workbench.models.encoders import build_encoder
 from workbench.robustness import evaluate_rmm
@@ -89,7 +88,7 @@ def test_comparator_presets_and_their_method():
     teacher = anyseg.teacher_config()
     assert teacher.method == "supervised" and teacher.model.shared_encoder
     assert teacher.hash() == apply_overrides(preset("baseline"), {"model.shared_encoder": True}).hash()
-    assert len({preset(m).hash() for m in METHODS}) == len(METHODS)
+    assert len({preset(m).hash() for m in PRESETS}) == len(PRESETS)
 
 
 def test_comparator_options_count_in_the_hash_only_where_they_are_used():
@@ -209,11 +208,12 @@ def test_build_method_dispatches_on_the_config(tmp_path):
         method = build_method(cfg, ds, torch.device("cpu"), teacher_checkpoint=teacher)
         assert type(method) is cls, name
         assert type(method.model) is ARCHS[cfg.model.arch]
-        if name == "anyseg":
-            assert (method.umd_weight, method.cmd_weight, method.axis) == (1.0, 1.0, "height")
+        if name == "anyseg":  # the method reads its options from the config it was built with
+            assert (method.d.umd_weight, method.d.cmd_weight, method.d.anyseg_axis) == (1.0, 1.0, "height")
             assert method.teacher.shared_encoder
         if name == "magic":
-            assert (method.selected_weight, method.consistency_weight, method.dropout) == (1.0, 1.0, "none")
+            m = method.cfg.magic
+            assert (m.selected_weight, m.consistency_weight, m.dropout) == (1.0, 1.0, "none")
 
 
 @pytest.mark.parametrize("name", ["cmnext", "magic", "anyseg", "robustseg", "anyseg_approx"])

@@ -1,11 +1,11 @@
 import pytest
 
-from workbench.config import METHODS, PROFILES, Config, ConfigError, apply_overrides, preset
+from workbench.config import PRESETS, PROFILES, Config, ConfigError, apply_overrides, preset
 
 
 def test_every_preset_builds_and_roundtrips():
-    for name in list(PROFILES) + list(METHODS):
-        cfg = preset(name, "tiny" if name in METHODS else None)
+    for name in list(PROFILES) + list(PRESETS):
+        cfg = preset(name, "tiny" if name in PRESETS else None)
         assert Config.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
         assert cfg.hash() == Config.from_dict(cfg.to_dict()).hash()
 

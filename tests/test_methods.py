@@ -39,7 +39,7 @@ def test_feedback_step_changes_only_non_primary_teacher_encoders():
     gen = Draws.for_epoch(0, 0)
     method.training_step(batch, gen)
     sim = method._cache["sim"]
-    primary = L.asm_primary_batch(sim)
+    primary = L.asm_primary(sim.mean(0))
     before = {k: v.clone() for k, v in method.teacher.state_dict().items()}
     logs = method.after_step(batch, gen, lr=1e-3)
     after = method.teacher.state_dict()
@@ -119,7 +119,7 @@ def test_public_conventions_switch_sets_each_convention_and_a_step_runs():
 def test_student_init_from_teacher_or_from_the_teachers_initial_weights(tiny_cfg, tmp_path):
     """`same_init`: the student starts from the weights the teacher started from (same seed, same build
     order); `from_teacher`: from the trained teacher."""
-    from workbench.comparators import build_method
+    from workbench.methods import build_method
     from workbench.models import load_model
     from workbench.train import train
 

@@ -12,7 +12,9 @@ import nbformat
 import pytest
 
 from workbench import suite
+from workbench.cli import main as cli_main
 from workbench.paths import REPO_ROOT
+from workbench.report import write_report
 
 NOTEBOOK_PATHS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 NAMES = [p.stem for p in NOTEBOOK_PATHS]
@@ -129,7 +131,7 @@ def smoke_suite(tmp_path_factory):
         mp.setenv("JUPYTER_PATH", os.environ.get("JUPYTER_PATH", ""))
         out = base / "suite-smoke"
         t0 = time.perf_counter()
-        rc = suite.main(["--profile", "smoke", "--out", str(out)])
+        rc = cli_main(["suite", "--profile", "smoke", "--out", str(out)])
         seconds = time.perf_counter() - t0
     return {"rc": rc, "out": out, "figures": base / "figures", "seconds": seconds}
 
@@ -194,7 +196,7 @@ def test_suite_reports_a_failing_notebook(tmp_path, capsys, jupyter_path):
     nbformat.write(_notebook(["x = 1", "raise ValueError('boom from the test')"]), nbdir / "b_fails.ipynb")
     nbformat.write(_notebook(["print(profile)"]), nbdir / "c_ok.ipynb")
     out = tmp_path / "executed"
-    rc = suite.main(["--profile", "smoke", "--notebooks", str(nbdir), "--out", str(out)])
+    rc = cli_main(["suite", "--profile", "smoke", "--notebooks", str(nbdir), "--out", str(out)])
     text = capsys.readouterr().err  # the suite's progress and failures are log messages (stderr)
     assert rc != 0
     assert "(2/3) b_fails: FAILED" in text and "(3/3) c_ok: ok" in text, "a failure must not stop the others"
@@ -226,7 +228,7 @@ def test_suite_shows_training_progress_and_keeps_the_notebook_clean(tmp_path, ca
              "import os\nprint('threads', os.environ['OMP_NUM_THREADS'])"]
     nbformat.write(_notebook(cells), nbdir / "a_train.ipynb")
     out = tmp_path / "executed"
-    assert suite.main(["--profile", "smoke", "--notebooks", str(nbdir), "--out", str(out), "--no-report",
+    assert cli_main(["suite", "--profile", "smoke", "--notebooks", str(nbdir), "--out", str(out), "--no-report",
                        "--threads", "3"]) == 0
     err = capsys.readouterr().err
     assert "a_train | training baseline (smoke, seed 0) at runs/cache/baseline-x" in err
@@ -260,7 +262,7 @@ def test_dependents_of_a_failed_notebook_are_skipped(tmp_path, jupyter_path):
     assert [o.status for o in outcomes] == ["failed", "skipped"]
     assert "In [" in outcomes[0].cell and "training broke" in outcomes[0].error
     assert "train" in outcomes[1].error
-    paths = suite.write_report(outcomes, "smoke", root=tmp_path / "figures")
+    paths = write_report(outcomes, "smoke", root=tmp_path / "figures")
     report = paths["md"].read_text()
     assert "## Failures" in report and "training broke" in report and "skipped" in report
 
@@ -272,8 +274,8 @@ def test_select_and_params():
         suite.select(nbs, ["99"])
     with pytest.raises(KeyError, match="several"):
         suite.select(nbs, ["0"])
-    assert suite._param("seeds=[0,1]") == ("seeds", [0, 1])
-    assert suite._param("dataset=deliver") == ("dataset", "deliver")
+    assert suite.parse_param("seeds=[0,1]") == ("seeds", [0, 1])
+    assert suite.parse_param("dataset=deliver") == ("dataset", "deliver")
     params = suite.parameters_for(REPO_ROOT / "notebooks" / "02_ablations.ipynb", "02_ablations", "quick", {"seed": 3})
     assert params == {"profile": "quick", "methods": ["baseline", "basic_kd", "ifv_cross", "cpd", "ifv_cpd", "hpd",
                                                   "robustseg"], "seeds": [0], "seed": 3}

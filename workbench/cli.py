@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "claims": ("workbench.commands.claims", "the paper's claims as paired-seed differences with CIs and verdicts"),
     "calibrate": ("workbench.commands.calibrate", "the synthetic benchmark's modality profile beside DeLiVER's"),
     "probe": ("workbench.commands.probe", "gradient share of each loss term in the student's encoders"),
-    "suite": ("workbench.suite", "run every notebook headlessly with papermill and write figures/REPORT.md"),
+    "suite": ("workbench.commands.suite", "run every notebook headlessly with papermill and write figures/REPORT.md"),
     "bench": ("workbench.commands.bench", "speed benchmarks, each against the naive way"),
     "data": ("workbench.commands.data", "dataset tools: data check ROOT --dataset NAME"),
     "weights": ("workbench.commands.weights", "weights tools: weights import-mit SRC --variant bN --out DST"),

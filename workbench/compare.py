@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench.analysis import combination_matrix as _combination_matrix
-from workbench.config import METHODS
+from workbench.config import PRESETS
 from workbench.errors import UnknownName
 from workbench.evaluate import CombinationResults
 from workbench.paths import figures_dir
@@ -110,9 +110,9 @@ def run_compare(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), method
     to `out` (default figures/compare_<profile>.csv) and the per-seed rows beside it (`*_seeds.csv`).
     `overrides` (`--set` style, a list or a dict) apply to every method, e.g. a data root."""
     methods = tuple(methods or MAIN_ORDER)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in PRESETS]
     if unknown:
-        raise UnknownName(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
+        raise UnknownName(f"unknown method {unknown[0]!r}; valid: {', '.join(PRESETS)}")
     seeds = tuple(int(s) for s in seeds)
     results: dict[str, dict[int, CombinationResults]] = {m: {} for m in methods}
     per_seed = []

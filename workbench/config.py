@@ -51,10 +51,11 @@ from workbench.options import (
     StudentInit,
     TrainMethod,
     Weighting,
+    check_device,
 )
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "DistillConfig", "MagicConfig", "ConfigError",
-           "PROFILES", "METHODS", "TUNED", "CONVENTIONS", "preset", "apply_overrides"]
+           "PROFILES", "PRESETS", "TUNED", "CONVENTIONS", "preset", "apply_overrides"]
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
@@ -180,8 +181,7 @@ class TrainConfig(_Checked):
             _positive("train.grad_clip", self.grad_clip)
         if not 0 < self.ohem_thresh < 1:
             raise ConfigError(f"train.ohem_thresh={self.ohem_thresh} must be in (0, 1)")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ConfigError(f"train.device={self.device!r} is not valid; choose auto, cpu, cuda or cuda:N")
+        check_device(self.device, "train.device")
         if self.max_steps is not None:
             _positive("train.max_steps", self.max_steps)
 
@@ -193,6 +193,9 @@ CONVENTIONS: dict[str, dict[str, str]] = {
               "ifv_divergence": "kl_spatial"},
     "public": {"kd_pixels": "all", "cp_pairing": "iid", "cp_prototypes": "public", "ifv_divergence": "kl_width"},
 }
+
+
+_ANYSEG_WEIGHTS = ("kd_weight", "umd_weight", "cmd_weight")  # the weighted terms of AnySeg's objective
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,8 @@ class DistillConfig(_Checked):
     aggregation: Aggregation = "sum"  # L_cp, L_ifv: summed over stages and modalities, 1/B (paper and public)
     stages: tuple[int, ...] = (0, 1, 2, 3)  # encoder stages that the prototype losses use
     asm_stage: AsmStage = "last"
-    weighting: Weighting = "paper"  # lambda/alpha/beta as written, or set by gradient shares (workbench.weighting)
+    weighting: Weighting = "paper"  # lambda/alpha/beta as written, or set by gradient shares (methods.robustseg)
+    weights_resolved: bool = False  # gradient_share: the rule's lambda/alpha/beta are written in (workbench.runs)
     share_kd: float | None = None  # gradient_share: |grad lambda L_KL| / |grad L_CE| (None keeps kd_weight)
     share_cp: float = 0.5  # gradient_share: |grad alpha L_cp| / |grad lambda L_KL|
     share_ifv: float = 0.5  # gradient_share: |grad beta L_ifv| / |grad lambda L_KL|
@@ -241,16 +245,22 @@ class DistillConfig(_Checked):
     cmd_reduction: CMDReduction = "sample"  # per-sample mean (intended) or the public loop's last-iteration loss
 
     def check(self) -> None:
-        for key in ("kd_weight", "cp_weight", "ifv_weight", "umd_weight", "cmd_weight", "share_cp", "share_ifv"):
-            _positive(f"distill.{key}", getattr(self, key), allow_zero=True)
+        for f in fields(self):  # every loss weight and gradient share (share_kd: None, or > 0 below)
+            if f.name.endswith("_weight") or (f.name.startswith("share_") and f.name != "share_kd"):
+                _positive(f"distill.{f.name}", getattr(self, f.name), allow_zero=True)
         for key in ("kd_temperature", "cp_temperature", "ifv_temperature", "feedback_lr_scale", "probe_batches"):
             _positive(f"distill.{key}", getattr(self, key))
         if self.share_kd is not None:
             _positive("distill.share_kd", self.share_kd)
+        if self.weights_resolved and self.weighting != "gradient_share":
+            raise ConfigError("distill.weights_resolved=True marks weights chosen by the gradient_share rule; with "
+                              f"distill.weighting={self.weighting!r} the weights are as written: set "
+                              "distill.weights_resolved=false")
         if not self.stages or any(s not in (0, 1, 2, 3) for s in self.stages):
             raise ConfigError(f"distill.stages={self.stages!r} must be a non-empty subset of 0,1,2,3")
         if self.method == "anyseg":
-            used = [f"distill.{k}={getattr(self, k)}" for k in ("cp_weight", "ifv_weight") if getattr(self, k)]
+            used = [f"distill.{f.name}={getattr(self, f.name)}" for f in fields(self)
+                    if f.name.endswith("_weight") and f.name not in _ANYSEG_WEIGHTS and getattr(self, f.name)]
             if used or self.feedback:
                 raise ConfigError(f"distill.method='anyseg' has no {', '.join(used) or 'feedback'} term (its losses "
                                   f"are CE, KD, UMD and CMD); set distill.cp_weight=0, distill.ifv_weight=0 and "
@@ -308,7 +318,7 @@ class Config(_Checked):
 
     @property
     def method(self) -> TrainMethod:
-        """The training method this config describes (`workbench.comparators.build_method`): `magic` for
+        """The training method this config describes (`workbench.methods.METHODS`): `magic` for
         model.arch='magic', else `supervised` without distillation, else distill.method."""
         if self.model.arch == "magic":
             return "magic"
@@ -344,6 +354,8 @@ class Config(_Checked):
         elif self.distill.method == "robustseg":  # nor does a RobustSeg student read AnySeg's options
             for k in _ANYSEG_FIELDS:
                 d["distill"].pop(k)
+        if self.distill.weighting == "paper":  # the weights are as written (the field counts for gradient_share)
+            d["distill"].pop("weights_resolved", None)
         # options of the comparators' architectures and objectives count only where they are used (so a
         # config of the segformer arch hashes as it did before they existed)
         if self.model.arch == "segformer":
@@ -427,7 +439,7 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any] | None) -
     """A new config with `section.key=value` overrides (CLI `--set`) applied and checked."""
     if not overrides:
         return cfg
-    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    items = overrides.items() if isinstance(overrides, dict) else [split_override(o) for o in overrides]
     d = cfg.to_dict()
     for key, value in items:
         node, parts = d, key.split(".")
@@ -443,7 +455,7 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any] | None) -
     return Config.from_dict(d)
 
 
-def _split(item: str) -> tuple[str, str]:
+def split_override(item: str) -> tuple[str, str]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=5")
     k, v = item.split("=", 1)
@@ -514,7 +526,7 @@ def _distill(**fields: Any) -> dict[str, Any]:
     return {f"distill.{k}": v for k, v in fields.items()}
 
 
-METHODS: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, dict[str, Any]] = {
     "baseline": _distill(enabled=False),  # M-SegFormer: all modalities, CE (the paper profile: OHEM)
     "basic_kd": _distill(enabled=True, cp_weight=0.0, ifv_weight=0.0),
     "ifv_single": _distill(enabled=True, cp_weight=0.0, ifv_modalities="all"),
@@ -548,12 +560,12 @@ def preset(name: str, profile: str | None = None) -> Config:
         if profile is not None and profile != name:
             raise ConfigError(f"preset {name!r} is itself a profile; drop --profile {profile!r}")
         profile, method = name, "baseline"
-    elif name in METHODS:
+    elif name in PRESETS:
         profile, method = profile or "quick", name
     else:
-        raise UnknownName(f"unknown preset {name!r}; valid presets: {', '.join(list(PROFILES) + list(METHODS))}")
+        raise UnknownName(f"unknown preset {name!r}; valid presets: {', '.join(list(PROFILES) + list(PRESETS))}")
     if profile not in PROFILES:
         raise UnknownName(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
     profile = "tiny" if profile == "smoke" else profile
     tuned = {k: v for k, (v, _) in TUNED.get(profile, {}).items()}
-    return replace(apply_overrides(PROFILES[profile](), {**tuned, **METHODS[method]}), name=method, profile=profile)
+    return replace(apply_overrides(PROFILES[profile](), {**tuned, **PRESETS[method]}), name=method, profile=profile)

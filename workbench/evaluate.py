@@ -33,6 +33,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +137,24 @@ def failure_weights(modalities: tuple[str, ...], p: float) -> dict[tuple[str, ..
     return {c: v / z for c, v in w.items()}
 
 
+def shapley(values: dict[tuple[str, ...], float], players: Sequence[str]) -> dict[str, float]:
+    """Shapley value of each player of a game given on every non-empty subset of `players` (v(empty) = 0):
+    phi_m = sum over S without m of |S|! (n - |S| - 1)! / n! (v(S + m) - v(S)) (docs/METHOD.md, "Shapley
+    values"). The values add up to v(players). Subsets are keys in `players` order."""
+    players = tuple(players)
+    n = len(players)
+
+    def v(s) -> float:
+        return values[tuple(p for p in players if p in s)] if s else 0.0
+
+    out = {}
+    for m in players:
+        rest = [p for p in players if p != m]
+        out[m] = sum(math.factorial(len(s)) * math.factorial(n - len(s) - 1) / math.factorial(n)
+                     * (v(set(s) | {m}) - v(s)) for k in range(n) for s in itertools.combinations(rest, k))
+    return out
+
+
 @dataclass
 class CombinationResults:
     modalities: tuple[str, ...]
@@ -173,19 +192,8 @@ class CombinationResults:
         return min(((c, self.miou(protocol, c)) for c in self.combos), key=lambda t: t[1])
 
     def shapley(self, protocol: str) -> dict[str, float]:
-        """phi_m = sum_{S not containing m} |S|!(M-|S|-1)!/M! [v(S + m) - v(S)], v(empty) = 0."""
-        mods, m = self.modalities, len(self.modalities)
-
-        def v(s):
-            return self.miou(protocol, tuple(x for x in mods if x in s)) if s else 0.0
-
-        out = {}
-        for mod in mods:
-            rest = [x for x in mods if x != mod]
-            out[mod] = sum(
-                math.factorial(len(s)) * math.factorial(m - len(s) - 1) / math.factorial(m) * (v(set(s) | {mod}) - v(s))
-                for k in range(m) for s in itertools.combinations(rest, k))
-        return out
+        """Each modality's Shapley value over the combinations' mIoU (`shapley`)."""
+        return shapley({c: self.miou(protocol, c) for c in combinations(self.modalities)}, self.modalities)
 
     def _breakdown(self, table: dict, protocol: str, combo, metric: str) -> dict[str, float]:
         combo = tuple(combo or self.modalities)

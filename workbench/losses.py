@@ -426,11 +426,6 @@ def asm_primary(sim: Tensor, k: int | None = None) -> Tensor:
     return torch.zeros_like(sim, dtype=torch.bool).scatter(-1, idx, True)
 
 
-def asm_primary_batch(sim: Tensor, k: int | None = None) -> Tensor:
-    """Primary modalities of the batch from the mean similarity (feedback step): (B, M) -> (M,) bool."""
-    return asm_primary(sim.mean(0), k)
-
-
 # ----------------------------------------------------------------------------------------------
 # Distillation losses over modalities and stages
 

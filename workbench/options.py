@@ -7,6 +7,7 @@ gives the valid values; `check(name, value, Alias)` raises a `ConfigError` that 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, get_args
 
 from workbench.errors import ConfigError
@@ -24,7 +25,7 @@ Protocol = Literal["drop", "zero"]  # an absent modality is not encoded / is zer
 SegLoss = Literal["ce", "ohem"]
 Amp = Literal["auto", "bf16", "off"]
 MetricsLog = Literal["jsonl", "tensorboard"]  # metrics.jsonl always; tensorboard: TensorBoard event files beside it
-# training method: derived from the config (`Config.method`), see workbench.comparators.build_method
+# training method: derived from the config (`Config.method`), see workbench.methods.METHODS
 TrainMethod = Literal["supervised", "robustseg", "anyseg", "magic"]
 # distillation (docs/METHOD.md, "Losses")
 DistillMethod = Literal["robustseg", "anyseg"]  # the student objective of a distillation run
@@ -48,8 +49,15 @@ CMDReduction = Literal["sample", "public"]
 # evaluation
 Convention = Literal["deliver", "present"]  # mIoU: absent classes count 0 over all K, or nan-mean
 Metric = Literal["miou", "macc", "mf1"]
-RobustnessProtocol = Literal["rmm", "nm"]  # random-missing modality / noisy modality (workbench.robustness)
 Which = Literal["model", "teacher"]  # a run's trained model, or the teacher stored with a distillation run
+
+
+def check_device(name: str, key: str = "device") -> str:
+    """`name` if it names a device the workbench accepts (auto, cpu, cuda, cuda:N), else a ConfigError. Whether
+    the machine has it is `workbench.train.resolve_device`'s question."""
+    if not (name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name)):
+        raise ConfigError(f"{key}={name!r} is not valid; choose auto, cpu, cuda or cuda:N")
+    return name
 
 
 def choices(alias: Any) -> tuple[str, ...]:

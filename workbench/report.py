@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from workbench.checkpoint import git_commit, versions
-from workbench.config import METHODS, Config
+from workbench.config import PRESETS, Config
 from workbench.paths import REPO_ROOT, figures_dir, runs_dir
 from workbench.runs import Run
 from workbench.tables import markdown_table, markdown_to_html, read_csv
@@ -51,7 +51,7 @@ def _runs(profile: str, outcomes: Sequence) -> list[dict]:
         seeds.update(int(x) for x in (o.parameters.get("seeds") or []))
     try:
         wanted = {}
-        for method in METHODS:
+        for method in PRESETS:
             for seed in sorted(seeds):
                 run = Run.of(method, profile, seed)
                 wanted[run.dir] = run

@@ -18,32 +18,34 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from workbench import weighting as W
 from workbench.checkpoint import atomic_write_text, checkpoint_problem, load_checkpoint, run_lock
-from workbench.config import Config, apply_overrides, preset
+from workbench.config import Config, apply_overrides, preset, split_override
 from workbench.data import Collate, dataset_from_config
+from workbench.distributed import EpochSampler
 from workbench.errors import CheckpointError, MissingFile
 from workbench.evaluate import TTA, CombinationResults, evaluate_combinations
-from workbench.methods import applied
+from workbench.methods import Distiller, Draws, build_method
+from workbench.methods import robustseg as RS
 from workbench.models import load_model
 from workbench.models.build import checkpoint_path as resolve_checkpoint
-from workbench.options import RobustnessProtocol, Which, check
+from workbench.options import Which
 from workbench.paths import runs_dir
+from workbench.protocols import robustness_protocol
 from workbench.records import Records, read_records
 from workbench.train import resolve_device, train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Run", "cache_dir", "notebook_overrides"]
+__all__ = ["Run", "cache_dir", "notebook_overrides", "as_overrides", "resolve_weights", "probe_norms"]
 
 
 def cache_dir(cfg: Config) -> Path:
@@ -62,12 +64,13 @@ def notebook_overrides(dataset: str | None = None, data_root: str | None = None,
     return out | dict(overrides or {})
 
 
-def _as_dict(overrides) -> dict:
+def as_overrides(overrides) -> dict:
+    """`--set`-style overrides (a dict, or `section.key=value` strings) as a dict."""
     if not overrides:
         return {}
     if isinstance(overrides, dict):
         return dict(overrides)
-    return dict(str(o).split("=", 1) for o in overrides)
+    return dict(split_override(str(o)) for o in overrides)
 
 
 @dataclass(frozen=True)
@@ -80,14 +83,17 @@ class Run:
 
     # -- opening a run ----------------------------------------------------------------------------
     @classmethod
-    def of(cls, method: str, profile: str = "quick", seed: int = 0, overrides=None) -> Run:
+    def of(cls, method: str, profile: str = "quick", seed: int = 0, overrides=None, progress: bool = True) -> Run:
         """The cached run of a method preset at a profile and seed, with `--set`-style overrides."""
-        cfg = apply_overrides(preset(method, profile), {"train.seed": seed, **_as_dict(overrides)})
-        return cls.from_config(cfg)
+        cfg = apply_overrides(preset(method, profile), {"train.seed": seed, **as_overrides(overrides)})
+        return cls.from_config(cfg, progress=progress)
 
     @classmethod
-    def from_config(cls, cfg: Config, directory: str | Path | None = None) -> Run:
-        """The run of `cfg`, in `directory` or in the config-keyed cache."""
+    def from_config(cls, cfg: Config, directory: str | Path | None = None, progress: bool = True) -> Run:
+        """The run of `cfg`, in `directory` or in the config-keyed cache. Under `distill.weighting=
+        gradient_share` the loss weights are decided first and written into the config (`resolve_weights`:
+        the teacher and the probe point are trained once, then reused)."""
+        cfg = resolve_weights(cfg, progress)
         return cls(cfg, Path(directory) if directory is not None else cache_dir(cfg))
 
     @classmethod
@@ -134,83 +140,32 @@ class Run:
         finished (a crash leaves the old run intact)."""
         if self.done and not retrain:
             problem = checkpoint_problem(self.checkpoint)
-            stale = self._trained_with_other_weights(progress) if problem is None else None
-            if problem is None and stale is None:
+            if problem is None:
                 return self
-            if problem is None:  # trained by a workbench whose weighting rule has since been fixed
-                log.warning("%s was trained with loss weights %s, not the %s its config gives (before 2026-11-26 "
-                            "the gradient_share rule was measured differently); training it again",
-                            self, stale, self._weights_now(self.loss_weights(progress)))
-                retrain = True
-            elif self.checkpoint != self.dir / "final.pt":
+            if self.checkpoint != self.dir / "final.pt":
                 raise CheckpointError(f"checkpoint {self.checkpoint} is truncated or corrupt ({problem}); copy it again "
                                       f"from its source or train it again")
-            else:
-                log.warning("%s is truncated or corrupt (%s); rebuilding it from the run's last.pt", self.checkpoint,
-                            problem)
-                self.checkpoint.unlink()
-        elif not retrain and self._trained_with_other_weights(progress) is not None:  # an unfinished stale run
-            log.warning("%s was started with other loss weights (before 2026-11-26); training it from scratch", self)
-            retrain = True
+            log.warning("%s is truncated or corrupt (%s); rebuilding it from the run's last.pt", self.checkpoint, problem)
+            self.checkpoint.unlink()
         teacher = self.teacher
         if teacher is not None and self.config.distill.teacher is None:
             teacher.ensure(progress=progress)
         teacher_checkpoint = teacher.checkpoint if teacher is not None else None
-        lw = self.loss_weights(progress)
-        weights = lw.as_dict() if lw is not None else None
-        log.info("training %s%s", self, f" with {W.describe(self._weights_now(lw) or weights, lw.norms)} "
-                                        f"(gradient_share)" if lw else "")
+        d = self.config.distill
+        log.info("training %s%s", self, f" with {RS.describe(RS.configured_weights(d))} (gradient_share)"
+                 if d.enabled and d.weights_resolved else "")
         if not (retrain and self.dir.exists()):
-            train(self.config, self.dir, resume=True, progress=progress, teacher_checkpoint=teacher_checkpoint,
-                  loss_weights=weights)
+            train(self.config, self.dir, resume=True, progress=progress, teacher_checkpoint=teacher_checkpoint)
             return self
         fresh, old = self.dir.with_name(f".{self.dir.name}.retrain"), self.dir.with_name(f".{self.dir.name}.old")
         with run_lock(self.dir):  # nobody writes the old run while its replacement trains
             shutil.rmtree(fresh, ignore_errors=True)
-            train(self.config, fresh, resume=False, progress=progress, teacher_checkpoint=teacher_checkpoint,
-                  loss_weights=weights)
+            train(self.config, fresh, resume=False, progress=progress, teacher_checkpoint=teacher_checkpoint)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(self.dir, old)
             os.replace(fresh, self.dir)
         shutil.rmtree(old, ignore_errors=True)
         return self
-
-    def _weights_now(self, lw: W.LossWeights | None) -> dict[str, float] | None:
-        """lambda, alpha, beta this run trains with, given the gradient_share rule's `lw` (None under `paper`)."""
-        if lw is None or self.config.distill.method != "robustseg":
-            return None
-        d = self.config.distill
-        return applied({"kd": d.kd_weight, "cp": d.cp_weight, "ifv": d.ifv_weight}, lw.as_dict())
-
-    def _trained_with_other_weights(self, progress: bool = False) -> dict[str, float] | None:
-        """The weights recorded in run_info.json when they differ from `_weights_now` (else None)."""
-        d = self.config.distill
-        if not d.enabled or d.weighting == "paper" or d.method != "robustseg":
-            return None
-        try:
-            recorded = json.loads((self.dir / "run_info.json").read_text()).get("loss_weights")
-        except (OSError, ValueError):
-            return None
-        want = self._weights_now(self.loss_weights(progress))
-        if not recorded or want is None:
-            return None
-        same = all(math.isclose(float(recorded.get(k, math.nan)), v, rel_tol=1e-6, abs_tol=1e-12)
-                   for k, v in want.items())
-        return None if same else recorded
-
-    def loss_weights(self, progress: bool = False) -> W.LossWeights | None:
-        """The weights the `gradient_share` rule chose for this run (None under `weighting=paper`):
-        measured once at the probe point (`workbench.weighting`), a short cached run of its own."""
-        d = self.config.distill
-        if not d.enabled or d.weighting == "paper":
-            return None
-        teacher = self.teacher
-        if d.teacher is None:
-            teacher.ensure(progress=progress)
-        probe = Run.from_config(W.probe_config(self.config, teacher.checkpoint)).ensure(progress=progress)
-        key = {"split": "train", "which": "model", "measure": W.measure_config(self.config).to_dict()}
-        return probe._cached("weights", key, lambda: W.measure(self.config, probe.checkpoint, teacher.checkpoint),
-                             W.LossWeights.from_state)
 
     def _require(self) -> None:
         if not self.done:
@@ -241,7 +196,7 @@ class Run:
         return torch.utils.data.DataLoader(ds, batch_size=batch_size or self.config.data.batch_size,
                                            collate_fn=Collate(mods), num_workers=self.config.data.num_workers)
 
-    def _cached(self, kind: str, key: dict, compute, load):
+    def _cached(self, kind: str, key: dict, compute, load, dump=lambda res: res.state()):
         """A result computed once from this run's checkpoint, then read from `eval/` beside it. The entry
         names the checkpoint it was computed from, so a retrained run is evaluated again; an unreadable
         entry is reported and computed again; entries are written atomically."""
@@ -258,7 +213,7 @@ class Run:
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 log.warning("evaluation cache %s is unreadable (%s); computing it again", path, e)
         res = compute()
-        atomic_write_text(path, json.dumps({"key": key, "source": source, "results": res.state()}))
+        atomic_write_text(path, json.dumps({"key": key, "source": source, "results": dump(res)}))
         return res
 
     def evaluation(self, split: str = "test", which: Which = "model", protocols=("zero", "drop"),
@@ -289,23 +244,20 @@ class Run:
     def robustness(self, protocol: str, split: str = "test", which: Which = "model", seed: int = 0,
                    convention: str = "deliver", device: str = "auto", batch_size: int | None = None,
                    data: dict | None = None, progress: bool = False, **options):
-        """The robustness benchmark's RMM (`rates=`, `draws=`) or NM (`levels=`, `kinds=`) protocol on
-        `split` (`workbench.robustness`), deterministic from `seed`; computed once and cached."""
-        from workbench import robustness as R
-
-        check("protocol", protocol, RobustnessProtocol)
+        """A robustness protocol of `workbench.protocols.PROTOCOLS` (RMM: `rates=`, `draws=`; NM: `levels=`,
+        `kinds=`) on `split`, deterministic from `seed`; computed once and cached."""
+        proto = robustness_protocol(protocol)
         key = {"protocol": protocol, "split": split, "which": which, "seed": seed, "data": data or {},
                "options": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(options.items())}}
 
         def compute():
             ds = self.dataset(split, data=data)
-            fn = R.evaluate_rmm if protocol == "rmm" else R.evaluate_nm
-            return fn(self.model(which, device), self.loader(split, batch_size, data=data), seed=seed,
-                      convention=convention, classes=ds.classes, progress=progress,
-                      desc=f"{self.config.name}/{which} {split} {protocol}", **options)
+            return proto.evaluate(self.model(which, device), self.loader(split, batch_size, data=data), seed=seed,
+                                  convention=convention, classes=ds.classes, progress=progress,
+                                  desc=f"{self.config.name}/{which} {split} {protocol}", **options)
 
         def load(state: dict):
-            res = (R.RMMResults if protocol == "rmm" else R.NMResults).from_state(state)
+            res = proto.results.from_state(state)
             res.convention = convention
             return res
 
@@ -315,3 +267,54 @@ class Run:
         """The checkpoint's contents (config, weights, history, ...)."""
         self._require()
         return load_checkpoint(self.checkpoint)
+
+
+# -- loss weights: decided once, before a run starts -------------------------------------------------
+
+def resolve_weights(cfg: Config, progress: bool = True) -> Config:
+    """`cfg` with its loss weights decided: under `distill.weighting=gradient_share` (and not yet resolved), the
+    rule's lambda, alpha, beta (`methods.robustseg.with_rule_weights`) from the gradient norms measured at the
+    probe point (`probe_norms`); any other config as it is. The result is what the run trains with: its
+    config.json, its hash and a `--config` rerun hold the numbers."""
+    d = cfg.distill
+    if not d.enabled or d.weighting != "gradient_share" or d.weights_resolved or d.method != "robustseg":
+        return cfg
+    norms = probe_norms(cfg, progress)
+    out = RS.with_rule_weights(cfg, norms)
+    log.debug("gradient_share weights of %s (%s, seed %d): %s", cfg.name, cfg.profile, cfg.train.seed,
+             RS.describe(RS.configured_weights(out.distill), norms))
+    return out
+
+
+def probe_norms(cfg: Config, progress: bool = True) -> dict[str, float]:
+    """The mean gradient norm each unweighted term of the full method sends into the student's encoders at
+    the probe point of `cfg` (docs/METHOD.md, "Loss weights"): the teacher and the probe run (one epoch of
+    basic distillation, `methods.robustseg.probe_config`) are trained or reused, and the measurement is cached
+    beside the probe run."""
+    teacher = Run.from_config(cfg.teacher_config()) if cfg.distill.teacher is None else Run.at(cfg.distill.teacher)
+    if cfg.distill.teacher is None:
+        teacher.ensure(progress=progress)
+    probe = Run.from_config(RS.probe_config(cfg, teacher.checkpoint)).ensure(progress=progress)
+    key = {"split": "train", "which": "model", "measure": RS.measure_config(cfg).to_dict()}
+    return probe._cached("norms", key, lambda: _measure_norms(cfg, probe.checkpoint, teacher.checkpoint),
+                         load=dict, dump=dict)
+
+
+def _measure_norms(cfg: Config, probe_checkpoint: Path, teacher_checkpoint: Path) -> dict[str, float]:
+    """Measure `probe_norms` (on the CPU): the probe run's student, the full method's terms, the training
+    batches of epoch 1 in the training order, the same draws for every row of a study."""
+    mcfg = RS.measure_config(cfg)
+    torch.manual_seed(mcfg.train.seed)  # head dropout during the probe: the same draws for every row
+    ds = dataset_from_config(mcfg.data, "train", aug_seed=mcfg.train.seed)
+    sampler = EpochSampler(len(ds), mcfg.train.seed)
+    sampler.set_epoch(1)
+    ds.set_epoch(1)
+    loader = torch.utils.data.DataLoader(ds, batch_size=mcfg.data.batch_size, sampler=sampler, drop_last=True,
+                                         collate_fn=Collate(ds.modalities))
+    method = build_method(mcfg, ds, torch.device("cpu"), teacher_checkpoint=teacher_checkpoint)
+    assert isinstance(method, Distiller)
+    method.model.load_state_dict(load_model(probe_checkpoint).state_dict())
+    method.train()
+    draws = Draws.for_epoch(mcfg.train.seed, 1)
+    rows = [method.term_gradient_norms(batch, draws) for batch in islice(loader, cfg.distill.probe_batches)]
+    return {t: sum(r[t] for r in rows) / len(rows) for t in rows[0]}

@@ -8,8 +8,6 @@ Used by the sliders, the classroom app, predict and analysis.
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Sequence
 
 import torch
@@ -18,11 +16,11 @@ from workbench.config import Config
 from workbench.data import collate, dataset_from_config, denormalize
 from workbench.data.transforms import IGNORE_INDEX, eval_transform, normalize
 from workbench.errors import DataError
-from workbench.evaluate import confusion_matrix, miou, pixel_argmax, predict_combinations
+from workbench.evaluate import confusion_matrix, miou, pixel_argmax, predict_combinations, shapley
 from workbench.options import Protocol
 
 __all__ = ["eval_dataset", "class_info", "load_batch", "raw_sample", "normalize_inputs", "predict", "sample_miou",
-           "error_map", "subsets", "predict_subsets", "shapley", "contributions", "CURATED", "curated_samples"]
+           "error_map", "predict_subsets", "shapley", "contributions", "CURATED", "curated_samples"]
 
 
 def eval_dataset(cfg: Config, split: str = "test"):
@@ -95,11 +93,6 @@ def error_map(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return torch.where(label == IGNORE_INDEX, torch.full_like(err, 2), err)
 
 
-def subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
-    """Every non-empty subset of `modalities`, by size, in their order."""
-    mods = tuple(modalities)
-    return [c for k in range(1, len(mods) + 1) for c in itertools.combinations(mods, k)]
-
 @torch.no_grad()
 def predict_subsets(model, inputs: dict, combos: Sequence[tuple[str, ...]], protocol: Protocol = "drop",
                     one_pass: bool | None = None) -> dict[tuple[str, ...], torch.Tensor]:
@@ -123,23 +116,6 @@ def predict_subsets(model, inputs: dict, combos: Sequence[tuple[str, ...]], prot
     for c in combos:
         present = torch.tensor([[m in c for m in mods]] * b, device=x0.device)
         out[c] = model(inputs, present, protocol).logits.argmax(1).cpu()
-    return out
-
-def shapley(values: dict[tuple[str, ...], float], players: Sequence[str]) -> dict[str, float]:
-    """Shapley value of each player of a game given on every non-empty subset of `players` (v(empty) = 0):
-    phi_m = sum over S without m of |S|! (n - |S| - 1)! / n! (v(S + m) - v(S)). The values add up to
-    v(players). Subsets are keys in `players` order."""
-    players = tuple(players)
-    n = len(players)
-
-    def v(s) -> float:
-        return values[tuple(p for p in players if p in s)] if s else 0.0
-
-    out = {}
-    for m in players:
-        rest = [p for p in players if p != m]
-        out[m] = sum(math.factorial(len(s)) * math.factorial(n - len(s) - 1) / math.factorial(n)
-                     * (v(set(s) | {m}) - v(s)) for k in range(n) for s in itertools.combinations(rest, k))
     return out
 
 def contributions(values: dict[tuple[str, ...], float], present: Sequence[str]) -> dict[str, dict[str, float]]:

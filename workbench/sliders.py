@@ -29,10 +29,11 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from workbench import robustness as R
 from workbench.config import Config
 from workbench.data.transforms import IGNORE_INDEX, denormalize
 from workbench.errors import ConfigError
-from workbench.evaluate import combo_name
+from workbench.evaluate import combinations, combo_name
 from workbench.plotting import colorize, error_image, modality_image, png_bytes
 from workbench.robustness import NM_LEVELS, draw_generator, nm_corrupt, rmm_corrupt
 from workbench.samples import (
@@ -42,7 +43,6 @@ from workbench.samples import (
     predict_subsets,
     raw_sample,
     sample_miou,
-    subsets,
 )
 
 __all__ = ["Degradation", "DEGRADATIONS", "gaussian_noise", "salt_and_pepper", "pixel_dropout", "gaussian_blur",
@@ -83,14 +83,17 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def gaussian_noise(x: torch.Tensor, level: float, seed: int = 0) -> torch.Tensor:
-    """x + level * N(0, 1), clipped to [0, 1]."""
+    """x + level * N(0, 1) (the benchmark's Gaussian noise, `robustness.gaussian_noise`), clipped to [0, 1]:
+    a sensor image stays an image."""
     if level <= 0:
         return x
-    return (x + level * torch.randn(x.shape, generator=_gen(seed))).clamp(0, 1)
+    return R.gaussian_noise(x, level, _gen(seed)).clamp(0, 1)
 
 
 def salt_and_pepper(x: torch.Tensor, level: float, seed: int = 0) -> torch.Tensor:
-    """A fraction `level` of pixel positions set to 0 or 1 (half each), all channels alike."""
+    """A fraction `level` of pixel positions set to 0 or 1 (half each), all channels alike: a broken sensor
+    pixel. Not the benchmark's salt-and-pepper (`robustness.salt_and_pepper`, the `nm` degradation), which
+    hits single elements of the normalized input, drawn with replacement, and sets them to its extremes."""
     if level <= 0:
         return x
     g = _gen(seed)
@@ -268,7 +271,7 @@ class SamplePredictor:
         inputs = {m: x.to(dev) for m, x in inputs.items()}
         contrib, values = {}, {}
         if on:
-            combos = subsets(on) if all_subsets else [on]
+            combos = combinations(tuple(on)) if all_subsets else [on]
             preds = predict_subsets(self.model, inputs, combos, state.protocol)
             values = {c: sample_miou(p[0], label, k) for c, p in preds.items()}
             pred, score = preds[on][0], values[on]

@@ -44,10 +44,6 @@ class PairedDiff:
     mde: float  # minimum detectable difference (80% power, 5% two-sided)
     values: tuple[float, ...]
 
-    @property
-    def half_width(self) -> float:
-        return (self.high - self.low) / 2
-
 
 def paired(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> PairedDiff:
     """Paired difference a - b (same seeds, same order) with a t confidence interval."""

@@ -12,11 +12,12 @@ import math
 import statistics
 from pathlib import Path
 
-from workbench.config import METHODS
+from workbench.config import PRESETS
 from workbench.errors import UnknownName
 from workbench.evaluate import CombinationResults, combo_name
+from workbench.methods import TERMS
 from workbench.paths import figures_dir
-from workbench.runs import Run
+from workbench.runs import Run, as_overrides
 from workbench.tables import write_csv
 
 log = logging.getLogger(__name__)
@@ -31,15 +32,7 @@ ABLATION_ORDER = ("baseline", "basic_kd", "ifv_single", "ifv_cross", "cpd", "ifv
                   "anyseg_approx")
 
 
-def _as_dict(overrides) -> dict:
-    if not overrides:
-        return {}
-    if isinstance(overrides, dict):
-        return dict(overrides)
-    return dict(o.split("=", 1) for o in overrides)
-
-
-SHARES = ("kd", "cp", "ifv")
+SHARES = tuple(t.name for t in TERMS)  # the distillation terms whose gradient share a row reports
 
 
 def _summary(res: CombinationResults, protocol: str, run: Run | None = None) -> dict:
@@ -58,9 +51,9 @@ def run_ablation(profile: str = "quick", seeds=(0, 1, 2), methods=None, override
                  split: str = "test", progress: bool = True) -> list[dict]:
     """Every ablation row x seed: per-seed rows and a mean +- std summary (CSV) beside the paper's numbers."""
     methods = list(methods or ABLATION_ORDER)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in PRESETS]
     if unknown:
-        raise UnknownName(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
+        raise UnknownName(f"unknown method {unknown[0]!r}; valid: {', '.join(PRESETS)}")
     per_seed = []
     for seed in seeds:  # seed-major: a partial study already covers every row
         for method in methods:
@@ -122,7 +115,7 @@ def run_sweep(method: str, profile: str, grid: dict[str, list], seed: int = 0, s
     rows = []
     for values in itertools.product(*(grid[k] for k in keys)):
         setting = dict(zip(keys, values))
-        run = Run.of(method, profile, seed, {**_as_dict(overrides), **setting}).ensure(progress)
+        run = Run.of(method, profile, seed, {**as_overrides(overrides), **setting}).ensure(progress)
         res = run.evaluation(split, progress=progress)
         for protocol in res.protocols:
             rows.append({**{k: v for k, v in setting.items()}, "method": method, "seed": seed, "split": split,

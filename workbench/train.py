@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -35,14 +34,14 @@ from workbench.checkpoint import (
     storage_error,
     write_run_info,
 )
-from workbench.comparators import build_method
 from workbench.config import Config
 from workbench.data import Collate, dataset_from_config
 from workbench.distributed import DistContext, EpochSampler, ShardSampler
 from workbench.errors import CheckpointError, ConfigError, TrainingDiverged
 from workbench.evaluate import evaluate_combinations
-from workbench.methods import Draws
-from workbench.weighting import shares
+from workbench.methods import Draws, build_method
+from workbench.methods.robustseg import shares
+from workbench.options import check_device
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +57,7 @@ class TrainResult:
 def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
     """`auto` | `cpu` | `cuda` | `cuda:N` as a torch device; a ConfigError for anything else or for CUDA
     on a machine without it."""
-    if not (name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name)):
-        raise ConfigError(f"device {name!r} is not valid; choose auto, cpu, cuda or cuda:N")
+    check_device(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -128,23 +126,51 @@ def _jsonable(logs: dict) -> dict:
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          teacher_checkpoint: str | Path | None = None, loss_weights: dict[str, float] | None = None) -> TrainResult:
+          teacher_checkpoint: str | Path | None = None) -> TrainResult:
     """Train `cfg` into `run_dir` (checkpoints `last.pt`, `final.pt`, `model.safetensors`; `metrics.jsonl`;
     config and run info). `resume=True` continues from `last.pt` to exactly the result of an uninterrupted
-    run. The run folder is locked while training: a second writer stops with a RunLocked error.
-    `loss_weights` ({"kd", "cp", "ifv"}) replace the config's lambda, alpha, beta (workbench.weighting)."""
+    run. The run folder is locked while training: a second writer stops with a RunLocked error. A student's
+    teacher comes from `teacher_checkpoint` (or `distill.teacher`); its loss weights are the config's."""
     run_dir = Path(run_dir)
     ctx = DistContext.from_env(cfg.train.device)
     device = resolve_device(cfg.train.device, ctx)
     with run_lock(run_dir) if ctx.is_main else nullcontext():  # under DDP only the main process writes
-        return _train(cfg, run_dir, ctx, device, resume, progress, teacher_checkpoint, loss_weights)
+        return _train(cfg, run_dir, ctx, device, resume, progress, teacher_checkpoint)
 
 
 RESUME_KEYS = ("method", "optimizer", "scheduler", "rng", "epoch", "step", "history", "config_hash")
 
 
+@dataclass
+class _Loop:
+    """What the loop's parts share: the run, the method and its optimizer, and the progress so far."""
+
+    cfg: Config
+    run_dir: Path
+    ctx: DistContext
+    method: object  # workbench.methods.Method
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    classes: tuple[str, ...]
+    modalities: tuple[str, ...]
+    step: int = 0
+    epoch: int = -1
+    history: list = field(default_factory=list)
+    terms: dict = field(default_factory=dict)  # the loss terms of the latest step, for the stop messages
+    info: dict = field(default_factory=dict)
+    board: TensorBoard | None = None
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    @property
+    def final_path(self) -> Path:
+        return self.run_dir / "final.pt"
+
+
 def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, resume: bool, progress: bool,
-           teacher_checkpoint, loss_weights) -> TrainResult:
+           teacher_checkpoint) -> TrainResult:
     torch.backends.cudnn.benchmark = False  # seeded runs stay reproducible
     torch.manual_seed(cfg.train.seed)  # model init, head dropout and drop-path draws
 
@@ -163,7 +189,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, r
                             ctx.world_size), num_workers=cfg.data.num_workers, collate_fn=collate)
 
     # the method owns the models and the losses of a step (workbench.methods); this loop owns the rest
-    method = build_method(cfg, train_ds, device, ctx, teacher_checkpoint, loss_weights)
+    method = build_method(cfg, train_ds, device, ctx, teacher_checkpoint)
     optimizer = torch.optim.AdamW(param_groups(method.model, cfg.train.weight_decay), lr=cfg.train.lr)
     total = cfg.train.epochs * len(loader)
     if cfg.train.max_steps is not None:
@@ -174,77 +200,15 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, r
     use_amp = device.type == "cuda" and cfg.train.amp in ("auto", "bf16") or cfg.train.amp == "bf16"
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
     channels_last = cfg.train.channels_last and device.type == "cuda"
+    run = _Loop(cfg, run_dir, ctx, method, optimizer, scheduler, tuple(train_ds.classes), tuple(train_ds.modalities))
+    start_epoch = _resume(run) if resume and run.last_path.exists() else 0
+    _start_records(run)
 
-    # resume: model, method (teacher, its optimizer), optimizer, schedule, RNG, step and history
-    start_epoch, step, history = 0, 0, []
-    last_path, final_path = run_dir / "last.pt", run_dir / "final.pt"
-    if resume and last_path.exists():
-        state = load_checkpoint(last_path)
-        missing = [k for k in RESUME_KEYS if k not in state]
-        if missing:
-            raise CheckpointError(f"{last_path} lacks the training state that resuming needs ({', '.join(missing)}); "
-                                  f"delete it to train the run again from scratch")
-        bad = non_finite(state["model"]) + non_finite(state["method"])
-        if bad:
-            raise CheckpointError(f"{last_path} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}), written "
-                                  f"by a version that did not check them; delete it and train again with a lower "
-                                  f"train.lr or with train.grad_clip set")
-        if state.get("config_hash") != cfg.hash():
-            raise CheckpointError(f"{last_path} was written by a different config (hash {state.get('config_hash')} "
-                                  f"vs {cfg.hash()}); resume with the same preset and --set overrides")
-        load_state_strict(method.model, state["model"])
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
-    weights = getattr(method, "weights", None)
-    info = write_run_info(run_dir, cfg.to_json(), {"loss_weights": weights} if weights else None) if ctx.is_main else {}
-    if ctx.is_main:  # metrics.jsonl mirrors the checkpoint's history, so a resumed run never holds stale lines
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    board = TensorBoard(run_dir, step + 1 if step else None) if cfg.train.log == "tensorboard" and ctx.is_main else None
-
-    terms: dict[str, float] = {}  # the loss terms of the latest step, for the stop messages
-
-    def good_checkpoint() -> str:
-        return f"{last_path} (epoch {load_checkpoint(last_path)['epoch'] + 1}, left untouched)" if last_path.exists() \
-            else "none yet"
-
-    def check_weights() -> None:
-        """Stop before validation and before any checkpoint write when a weight is NaN or inf."""
-        bad = non_finite(method.model.state_dict()) + [f"method.{k}" for k in non_finite(method.state_dict())]
-        if bad:
-            named = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
-            raise TrainingDiverged(
-                f"non-finite weights after step {step} (epoch {epoch + 1}; that step's loss terms: {named}) in "
-                f"{len(bad)} tensors ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}). Nothing was saved "
-                f"after it; the last good checkpoint is {good_checkpoint()}. Lower train.lr or set train.grad_clip")
-
-    def checkpoint(epoch: int, path: Path) -> None:
-        check_weights()
-        if ctx.is_main:
-            save_checkpoint(path, {
-                "model": method.model.state_dict(), "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch, "step": step,
-                "history": history, "config": cfg.to_dict(), "config_hash": cfg.hash(), "run_info": info,
-                "classes": list(train_ds.classes), "modalities": list(train_ds.modalities),
-            })
-
-    def record(entry: dict) -> None:
-        history.append(entry)
-        if ctx.is_main:
-            try:
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(entry) + "\n")
-            except OSError as e:
-                raise storage_error(e, run_dir / "metrics.jsonl") or e from e
-        if board is not None:
-            board.write(entry)
-
-    last_val, epoch = None, start_epoch - 1
+    last_val, entry = None, {}
     for epoch in range(start_epoch, cfg.train.epochs):
-        if step >= total:
+        if run.step >= total:
             break
+        run.epoch = epoch
         train_ds.set_epoch(epoch)
         sampler.set_epoch(epoch)
         draws = Draws.for_epoch(cfg.train.seed, epoch)  # dropout subsets, CPD pairs: the same for every method
@@ -258,13 +222,11 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, r
             with autocast():
                 losses = method.training_step(batch, draws)
             # a non-finite loss stops training before it can touch the weights
-            terms = {k: float(v.detach()) for k, v in losses.items()}
+            run.terms = {k: float(v.detach()) for k, v in losses.items()}
             if not torch.isfinite(losses["loss"].detach()):
-                named = ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
-                raise TrainingDiverged(
-                    f"non-finite loss at step {step} (epoch {epoch + 1}): {named}. Nothing was saved after it; "
-                    f"the last good checkpoint is {good_checkpoint()}. Lower train.lr, set train.grad_clip, or "
-                    f"check the inputs for NaN")
+                raise TrainingDiverged(f"non-finite loss at step {run.step} (epoch {epoch + 1}): {_named(run.terms)}. "
+                                       f"Nothing was saved after it; the last good checkpoint is {_good(run)}. Lower "
+                                       f"train.lr, set train.grad_clip, or check the inputs for NaN")
             # backward (DDP all-reduces the student's gradients here)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
@@ -279,53 +241,154 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, r
             with autocast():
                 extra = method.after_step(batch, draws, lr=optimizer.param_groups[0]["lr"])
             # log
-            step += 1
+            run.step += 1
             seen += batch["label"].shape[0] * ctx.world_size
-            entry = {"step": step, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                     **{f"train/{k}": v for k, v in {**terms, **_jsonable(extra)}.items()},
+            entry = {"step": run.step, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                     **{f"train/{k}": v for k, v in {**run.terms, **_jsonable(extra)}.items()},
                      "img_per_s": seen / max(1e-9, time.perf_counter() - t0)}
-            record(entry)
+            _record(run, entry)
             bar.set_postfix(loss=f"{entry['train/loss']:.3f}", img_s=f"{entry['img_per_s']:.1f}")
-            if step >= total:
+            if run.step >= total:
                 break
         bar.close()
-        last_epoch = epoch + 1 == cfg.train.epochs or step >= total
-        check_weights()  # a step with a finite loss can still leave NaN weights (e.g. an overflowing gradient)
+        last_epoch = epoch + 1 == cfg.train.epochs or run.step >= total
+        _check_weights(run)  # a step with a finite loss can still leave NaN weights (e.g. an overflowing gradient)
         ctx.broadcast_buffers(method.model)
         # evaluate every combination on val: every `val_every` epochs and after the last one
         if last_epoch or (cfg.train.val_every and (epoch + 1) % cfg.train.val_every == 0):
-            res = evaluate_combinations(method.model, val_loader, protocols=(cfg.train.protocol,), device=device,
-                                        classes=train_ds.classes, progress=False,
-                                        reduce_fn=ctx.all_reduce_sum if ctx.enabled else None,
-                                        conditions=val_ds.conditions or None, cases=val_ds.cases or None)
-            last_val = {"step": step, "epoch": epoch + 1, "val/miou_full": res.full(cfg.train.protocol),
-                        "val/emm": res.emm(cfg.train.protocol), "val/worst": res.worst(cfg.train.protocol)[1]}
-            last_val.update({f"val/{k}": v for k, v in method.validation_logs().items()})
-            if hasattr(method, "term_gradient_norms"):  # what each term sends into the student's encoders
-                norms = method.term_gradient_norms(batch, Draws.for_epoch(cfg.train.seed + 1_000_003, epoch))
-                last_val.update({f"val/grad/{k}": v for k, v in norms.items()})
-                last_val.update({f"val/share/{k}": v for k, v in shares(norms, method.weights).items()})
-            record(last_val)
-        if ctx.is_main:
-            log.info("%s epoch %d/%d: step %d, loss %.4f, %.1f img/s%s", cfg.name, epoch + 1, cfg.train.epochs, step,
-                     entry["train/loss"], entry["img_per_s"],
-                     f", val full {last_val['val/miou_full']:.2f} EMM {last_val['val/emm']:.2f}"
-                     if last_val and last_val["epoch"] == epoch + 1 else "")
+            last_val = _validate(run, val_loader, val_ds, batch, device)
+        _log_epoch(run, entry, last_val)
         # checkpoint
         if (epoch + 1) % cfg.train.ckpt_every == 0 or last_epoch:
-            checkpoint(epoch, last_path)
-    if ctx.is_main:  # final.pt: the last state without optimizer/scheduler, the artefact others load
-        if not last_path.exists():
-            checkpoint(epoch, last_path)
-        final = load_checkpoint(last_path)
+            _save(run, run.last_path)
+    _finish(run)
+    return TrainResult(run_dir, run.final_path, run.history, last_val)
+
+
+def _resume(run: _Loop) -> int:
+    """Restore the model, the method (teacher, its optimizer), optimizer, schedule, RNG, step and history from
+    `last.pt`; the epoch to start from."""
+    state = load_checkpoint(run.last_path)
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{run.last_path} lacks the training state that resuming needs ({', '.join(missing)}); "
+                              f"delete it to train the run again from scratch")
+    bad = non_finite(state["model"]) + non_finite(state["method"])
+    if bad:
+        raise CheckpointError(f"{run.last_path} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}), written "
+                              f"by a version that did not check them; delete it and train again with a lower "
+                              f"train.lr or with train.grad_clip set")
+    if state.get("config_hash") != run.cfg.hash():
+        raise CheckpointError(f"{run.last_path} was written by a different config (hash {state.get('config_hash')} "
+                              f"vs {run.cfg.hash()}); resume with the same preset and --set overrides")
+    load_state_strict(run.method.model, state["model"])
+    run.method.load_state_dict(state["method"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    run.step, run.history, run.epoch = state["step"], state["history"], state["epoch"]
+    return state["epoch"] + 1
+
+
+def _start_records(run: _Loop) -> None:
+    """config.json, run_info.json and metrics.jsonl (mirroring the checkpoint's history, so that a resumed
+    run never holds stale lines); TensorBoard's writer when asked for."""
+    if run.ctx.is_main:
+        run.info = write_run_info(run.run_dir, run.cfg.to_json())
+        atomic_write_text(run.run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in run.history))
+    if run.cfg.train.log == "tensorboard" and run.ctx.is_main:
+        run.board = TensorBoard(run.run_dir, run.step + 1 if run.step else None)
+
+
+def _record(run: _Loop, entry: dict) -> None:
+    """One metrics record: into the history (saved with the checkpoint), metrics.jsonl and TensorBoard."""
+    run.history.append(entry)
+    if run.ctx.is_main:
+        try:
+            with open(run.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
+        except OSError as e:
+            raise storage_error(e, run.run_dir / "metrics.jsonl") or e from e
+    if run.board is not None:
+        run.board.write(entry)
+
+
+def _named(terms: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in terms.items())
+
+
+def _good(run: _Loop) -> str:
+    """The last good checkpoint, for the stop messages."""
+    if not run.last_path.exists():
+        return "none yet"
+    return f"{run.last_path} (epoch {load_checkpoint(run.last_path)['epoch'] + 1}, left untouched)"
+
+
+def _check_weights(run: _Loop) -> None:
+    """Stop before validation and before any checkpoint write when a weight is NaN or inf."""
+    bad = non_finite(run.method.model.state_dict()) + [f"method.{k}" for k in non_finite(run.method.state_dict())]
+    if bad:
+        raise TrainingDiverged(
+            f"non-finite weights after step {run.step} (epoch {run.epoch + 1}; that step's loss terms: "
+            f"{_named(run.terms)}) in {len(bad)} tensors ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}). "
+            f"Nothing was saved after it; the last good checkpoint is {_good(run)}. Lower train.lr or set "
+            f"train.grad_clip")
+
+
+def _save(run: _Loop, path: Path) -> None:
+    """The whole training state at the end of `run.epoch` (checked finite first)."""
+    _check_weights(run)
+    if run.ctx.is_main:
+        m = run.method
+        save_checkpoint(path, {
+            "model": m.model.state_dict(), "method": m.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": run.epoch,
+            "step": run.step, "history": run.history, "config": run.cfg.to_dict(), "config_hash": run.cfg.hash(),
+            "run_info": run.info, "classes": list(run.classes), "modalities": list(run.modalities),
+        })
+
+
+def _validate(run: _Loop, val_loader, val_ds, batch: dict, device: torch.device) -> dict:
+    """Every modality combination on val under the training protocol, the method's statistics and, for a
+    RobustSeg student, each term's gradient into the student's encoders on the epoch's last batch."""
+    cfg, method = run.cfg, run.method
+    res = evaluate_combinations(method.model, val_loader, protocols=(cfg.train.protocol,), device=device,
+                                classes=run.classes, progress=False,
+                                reduce_fn=run.ctx.all_reduce_sum if run.ctx.enabled else None,
+                                conditions=val_ds.conditions or None, cases=val_ds.cases or None)
+    val = {"step": run.step, "epoch": run.epoch + 1, "val/miou_full": res.full(cfg.train.protocol),
+           "val/emm": res.emm(cfg.train.protocol), "val/worst": res.worst(cfg.train.protocol)[1]}
+    val.update({f"val/{k}": v for k, v in method.validation_logs().items()})
+    if hasattr(method, "term_gradient_norms"):  # what each term sends into the student's encoders
+        norms = method.term_gradient_norms(batch, Draws.for_epoch(cfg.train.seed + 1_000_003, run.epoch))
+        val.update({f"val/grad/{k}": v for k, v in norms.items()})
+        val.update({f"val/share/{k}": v for k, v in shares(norms, method.weights).items()})
+    _record(run, val)
+    return val
+
+
+def _log_epoch(run: _Loop, entry: dict, last_val: dict | None) -> None:
+    if run.ctx.is_main:
+        log.info("%s epoch %d/%d: step %d, loss %.4f, %.1f img/s%s", run.cfg.name, run.epoch + 1,
+                 run.cfg.train.epochs, run.step, entry["train/loss"], entry["img_per_s"],
+                 f", val full {last_val['val/miou_full']:.2f} EMM {last_val['val/emm']:.2f}"
+                 if last_val and last_val["epoch"] == run.epoch + 1 else "")
+
+
+def _finish(run: _Loop) -> None:
+    """final.pt (the last state without optimizer and schedule, the artefact others load) and the weights
+    without pickle for sharing (`model.safetensors`, a student's `teacher.safetensors`), written before
+    final.pt, which marks the run finished."""
+    if run.ctx.is_main:
+        if not run.last_path.exists():
+            _save(run, run.last_path)
+        final = load_checkpoint(run.last_path)
         final.pop("optimizer"), final.pop("scheduler")
-        # the weights without pickle, for sharing (written before final.pt, which marks the run finished)
         meta = (final["config"], final["classes"], final["modalities"])
-        save_weights(run_dir / "model.safetensors", final["model"], "model", *meta)
+        save_weights(run.run_dir / "model.safetensors", final["model"], "model", *meta)
         if "teacher" in final["method"]:
-            save_weights(run_dir / "teacher.safetensors", final["method"]["teacher"], "teacher", *meta)
-        save_checkpoint(final_path, final)
-    if board is not None:
-        board.close()
-    ctx.barrier()
-    return TrainResult(run_dir, final_path, history, last_val)
+            save_weights(run.run_dir / "teacher.safetensors", final["method"]["teacher"], "teacher", *meta)
+        save_checkpoint(run.final_path, final)
+    if run.board is not None:
+        run.board.close()
+    run.ctx.barrier()

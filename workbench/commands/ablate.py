@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from workbench.commands.common import add_quiet, parse_list
-from workbench.config import METHODS, PROFILES
+from workbench.config import PRESETS, PROFILES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="quick", help=f"the scale: {', '.join(PROFILES)}")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    p.add_argument("--methods", default=None, help=f"comma list; default every row: {', '.join(METHODS)}")
+    p.add_argument("--methods", default=None, help=f"comma list; default every row: {', '.join(PRESETS)}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override applied to every row")
     p.add_argument("--out", default=None, help="CSV path (default figures/ablation_<profile>.csv)")
     add_quiet(p)

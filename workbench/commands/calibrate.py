@@ -26,8 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from workbench.calibration import calibrate
+    from workbench.runs import as_overrides
 
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = as_overrides(args.set)
     cal = calibrate(args.profile, parse_list(args.seeds, "--seeds", int),
                     [s for s in args.subsets.split(",") if s], overrides, progress=not args.quiet)
     print(cal.format_table())

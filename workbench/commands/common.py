@@ -6,13 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from workbench.config import METHODS, PROFILES, Config, apply_overrides, preset
+from workbench.config import PRESETS, PROFILES, Config, apply_overrides, preset
 from workbench.errors import ConfigError, MissingFile
 
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="quick",
-                   help=f"a profile ({', '.join(PROFILES)}) or a method ({', '.join(METHODS)}); default quick")
+                   help=f"a profile ({', '.join(PROFILES)}) or a method ({', '.join(PRESETS)}); default quick")
     p.add_argument("--profile", default=None, help="the scale for a method preset (default quick)")
     p.add_argument("--config", default=None, metavar="FILE",
                    help="start from this config.json (e.g. a run's) instead of a preset; --set still applies")

@@ -1,9 +1,11 @@
-"""`python -m workbench evaluate CHECKPOINT`: a trained model under the field's robustness protocols.
+"""`python -m workbench evaluate CHECKPOINT`: a trained model under the evaluation protocols of
+`workbench.protocols.PROTOCOLS`.
 
 `--protocol zero|drop|both` (default both): every modality combination under the missing-modality
 protocols, with EMM, the failure-weighted expectations, Shapley values and the per-condition and
 per-case breakdowns; `--protocol rmm|nm`: the robustness benchmark's random-missing and noisy-modality
-protocols (`workbench.robustness`); `--protocol all`: each of them. Results are cached beside the run.
+protocols (`workbench.robustness`), each with its own options; `--protocol all`: each of them. Results
+are cached beside the run.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from workbench.commands.common import add_quiet, parse_list
 from workbench.errors import ConfigError
 from workbench.evaluate import TTA
 from workbench.options import Convention, Metric, choices
-from workbench.robustness import NM_LEVELS, RMM_RATES
+from workbench.protocols import GROUPS, PROTOCOLS, expand
 from workbench.runs import Run
 from workbench.train import resolve_device
 
@@ -24,9 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("checkpoint", help="a checkpoint (final.pt / last.pt) or the run folder that holds final.pt")
-    p.add_argument("--protocol", default="both", choices=("zero", "drop", "both", "rmm", "nm", "all"),
-                   help="zero/drop: absent modalities zeroed or left out (docs/METHOD.md); both: each; rmm/nm: the "
-                        "robustness benchmark's random-missing / noisy-modality protocols; all: every one")
+    p.add_argument("--protocol", default="both", choices=(*PROTOCOLS, *GROUPS),
+                   help="; ".join(f"{n}: {q.title}" for n, q in PROTOCOLS.items())
+                        + "; " + "; ".join(f"{g}: {', '.join(ps)}" for g, ps in GROUPS.items()))
     p.add_argument("--split", default="test", help="the split of the run's own dataset")
     p.add_argument("--which", default="model", choices=("model", "teacher"),
                    help="teacher: the (feedback-updated) teacher stored with a distillation run")
@@ -38,8 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation "
                    "(DeLiVER's evaluate_msf)")
     p.add_argument("--window", type=int, default=None, help="sliding-window inference with this window (pixels)")
-    p.add_argument("--rates", default=",".join(map(str, RMM_RATES)), help="RMM: comma-separated zeroing rates")
-    p.add_argument("--levels", default=",".join(NM_LEVELS), help="NM: comma-separated noise levels")
+    for q in PROTOCOLS.values():  # each robustness protocol's own options
+        for o in q.options:
+            p.add_argument(f"--{o.flag}", default=",".join(map(str, o.default)), help=o.help)
     p.add_argument("--seed", type=int, default=0, help="RMM/NM: the seed of the random corruption")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--naive", action="store_true", help="one forward per setting (the reference way)")
@@ -48,8 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    wanted = {"both": ("zero", "drop"), "all": ("zero", "drop", "rmm", "nm")}.get(args.protocol, (args.protocol,))
-    combos = tuple(p for p in wanted if p in ("zero", "drop"))
+    wanted = expand(args.protocol)
+    combos = tuple(p for p in wanted if PROTOCOLS[p].kind == "combinations")
     # every option is checked before anything is loaded (a cached result would skip the device, for one)
     resolve_device(args.device)
     if args.window is not None:
@@ -76,14 +79,11 @@ def run(args: argparse.Namespace) -> int:
             for by in ("condition", "case"):
                 print(f"\nper {by} ({p}):\n{res.format_breakdown(p, by=by)}")
         print(f"written: {paths['csv']}, {paths['json']}")
-    if "rmm" in wanted:
-        rmm = r.robustness("rmm", seed=args.seed, rates=tuple(parse_list(args.rates, "--rates", float)),
-                           one_pass=not args.naive, **common)
-        print(f"\nRMM (random-missing modality; each element of the normalized input zeroed with probability r):\n"
-              f"{rmm.format_table()}\nwritten: {rmm.save(out, prefix=f'rmm_{suffix}')}")
-    if "nm" in wanted:
-        nm = r.robustness("nm", seed=args.seed, levels=tuple(parse_list(args.levels, "--levels")), one_pass=not args.naive,
-                          **common)
-        print(f"\nNM (noisy modality: salt-and-pepper and Gaussian noise on the normalized input):\n"
-              f"{nm.format_table()}\nwritten: {nm.save(out, prefix=f'nm_{suffix}')}")
+    for name in wanted:
+        q = PROTOCOLS[name]
+        if q.kind != "robustness":
+            continue
+        options = {o.flag: tuple(parse_list(getattr(args, o.flag), f"--{o.flag}", o.kind)) for o in q.options}
+        res = r.robustness(name, seed=args.seed, one_pass=not args.naive, **options, **common)
+        print(f"\n{name.upper()} ({q.title}):\n{res.format_table()}\nwritten: {res.save(out, prefix=f'{name}_{suffix}')}")
     return 0

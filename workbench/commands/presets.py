@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import replace
 
-from workbench.config import METHODS, PROFILES, TUNED, Config, preset
+from workbench.config import PRESETS, PROFILES, TUNED, Config, preset
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,6 +76,6 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         return 0
     print("profiles:", ", ".join(PROFILES))
-    print("methods: ", ", ".join(METHODS))
+    print("methods: ", ", ".join(PRESETS))
     print(tuned_table())
     return 0

@@ -8,8 +8,8 @@ from dataclasses import replace
 
 from workbench.commands.common import add_quiet
 from workbench.config import apply_overrides, preset
-from workbench.runs import Run
-from workbench.weighting import shares
+from workbench.methods.robustseg import TERMS, configured_weights, rule_weights, shares
+from workbench.runs import probe_norms
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,22 +26,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = apply_overrides(preset(args.method, args.profile), [f"train.seed={args.seed}", *args.set])
-    rule = Run.from_config(replace(cfg, distill=replace(cfg.distill, weighting="gradient_share")))
-    lw = rule.loss_weights(progress=not args.quiet)
-    configured = {"kd": cfg.distill.kd_weight, "cp": cfg.distill.cp_weight, "ifv": cfg.distill.ifv_weight}
-    if cfg.distill.weighting == "gradient_share":
-        configured = lw.as_dict()
-    paper_shares, rule_shares = shares(lw.norms, configured), lw.shares()
+    rule_cfg = replace(cfg, distill=replace(cfg.distill, weighting="gradient_share", weights_resolved=False))
+    norms = probe_norms(rule_cfg, progress=not args.quiet)
+    rule = rule_weights(rule_cfg.distill, norms)
+    configured = rule if cfg.distill.weighting == "gradient_share" else configured_weights(cfg.distill)
+    paper_shares, rule_shares = shares(norms, configured), shares(norms, rule)
     print(f"probe point: {args.method} at {args.profile}, seed {args.seed}; gradient norms into the student's "
           f"encoders, mean over {cfg.distill.probe_batches} training batches")
     print(f"{'term':<6}{'|grad|':>12}{'weight':>12}{'share':>9}{'rule weight':>14}{'rule share':>12}")
-    for term, norm in lw.norms.items():
-        w, rw = (1.0, 1.0) if term == "ce" else (configured.get(term, 0.0), lw.as_dict()[term])
-        s = "" if term == "ce" else f"{100 * paper_shares.get(term, 0):8.1f}%"
-        rs = "" if term == "ce" else f"{100 * rule_shares.get(term, 0):11.1f}%"
-        print(f"{term:<6}{norm:>12.4g}{w:>12.4g}{s:>9}{rw:>14.4g}{rs:>12}")
+    print(f"{'ce':<6}{norms['ce']:>12.4g}{1.0:>12.4g}{'':>9}{1.0:>14.4g}{'':>12}")
+    for t in TERMS:
+        s, rs = f"{100 * paper_shares.get(t.name, 0):8.1f}%", f"{100 * rule_shares.get(t.name, 0):11.1f}%"
+        print(f"{t.name:<6}{norms[t.name]:>12.4g}{configured.get(t.name, 0.0):>12.4g}{s:>9}{rule[t.name]:>14.4g}{rs:>12}")
     print("shares: kd relative to CE, cp and ifv relative to the weighted KD term")
     print(json.dumps({"bench": "probe", "method": args.method, "profile": args.profile, "seed": args.seed,
-                      "norms": lw.norms, "weights": configured, "shares": paper_shares,
-                      "rule_weights": lw.as_dict(), "rule_shares": rule_shares}))
+                      "norms": norms, "weights": configured, "shares": paper_shares,
+                      "rule_weights": rule, "rule_shares": rule_shares}))
     return 0

@@ -42,13 +42,12 @@ import torch
 import torch.nn.functional as F
 
 from workbench.errors import ConfigError
-from workbench.options import Pipeline, check, choices
+from workbench.options import Pipeline, check
 
 IGNORE_INDEX = 255
 RGB_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 RGB_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 RGB_KEYS = frozenset({"rgb", "image", "frame_camera"})  # the RGB camera's key in each dataset
-PIPELINES = choices(Pipeline)
 REFERENCE_EVAL_SIZE = 1024  # every reference loader evaluates at 1024 (DeLiVER short side, MUSES, MCubeS crop)
 
 Sample = dict

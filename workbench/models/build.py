@@ -1,7 +1,8 @@
 """Build a model from its config, and rebuild a trained one from its checkpoint.
 
 `build_model` is the one place that turns a `ModelConfig` into a network: it builds the architecture
-`model.arch` names (`segformer`: `Segmentor`; the comparators `cmnext`: `CMNeXt`, `magic`: `MAGIC`) and
+`model.arch` names in the `ARCHS` registry (`segformer`: `Segmentor`; the comparators `cmnext`: `CMNeXt`,
+`magic`: `MAGIC`) and
 loads local pretrained encoder weights strictly (`model.weights`, see `mit_weights`): into every encoder
 of a Segmentor or MAGIC, into CMNeXt's RGB branch only (its hub branch starts from scratch, as in the
 public code). `load_model` rebuilds a trained model from a checkpoint's own config and loads its weights
@@ -13,6 +14,7 @@ holding NaN or inf are refused.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,24 +31,34 @@ from workbench.models.segmentor import Segmentor
 from workbench.options import Arch, Which, check
 
 
+def _segformer(cfg, modalities, num_classes, common) -> tuple[nn.Module, dict]:
+    model = Segmentor(modalities, num_classes, shared_encoder=cfg.shared_encoder, fusion=cfg.fusion, **common)
+    return model, dict(model.encoders)
+
+
+def _cmnext(cfg, modalities, num_classes, common) -> tuple[nn.Module, dict]:
+    model = CMNeXt(modalities, num_classes, public_aux_residual=cfg.cmnext_public_residual, **common)
+    return model, {model.rgb_name: model.rgb}  # the public code loads ImageNet weights into the RGB branch only
+
+
+def _magic(cfg, modalities, num_classes, common) -> tuple[nn.Module, dict]:
+    model = MAGIC(modalities, num_classes, shared_encoder=cfg.shared_encoder, mlp_ratio=cfg.magic_mlp_ratio, **common)
+    return model, dict(model.encoders)
+
+
+# model.arch -> a builder (model config, modalities, classes, the encoders' common arguments) -> (network, the
+# encoders that pretrained weights load into, by modality or "shared"); docs/EXTENDING.md says how to add one
+ARCHS: dict[Arch, Callable] = {"segformer": _segformer, "cmnext": _cmnext, "magic": _magic}
+
+
 def build_model(model_cfg, modalities: tuple[str, ...], num_classes: int,
                 in_chans: dict[str, int] | None = None) -> Segmentor | CMNeXt | MAGIC:
-    """The network a `ModelConfig` describes (`model.arch`), with its pretrained encoder weights when it
-    names a file."""
+    """The network a `ModelConfig` describes (`model.arch`, looked up in `ARCHS`), with its pretrained encoder
+    weights when it names a file."""
     check("model.arch", model_cfg.arch, Arch)
     common = dict(encoder=model_cfg.encoder, in_chans=in_chans, head_dim=model_cfg.head_dim,
                   head_dropout=model_cfg.head_dropout, drop_path=model_cfg.drop_path)
-    if model_cfg.arch == "cmnext":
-        model = CMNeXt(modalities, num_classes, public_aux_residual=model_cfg.cmnext_public_residual, **common)
-        encoders = {model.rgb_name: model.rgb}  # the public code loads ImageNet weights into the RGB branch only
-    elif model_cfg.arch == "magic":
-        model = MAGIC(modalities, num_classes, shared_encoder=model_cfg.shared_encoder,
-                      mlp_ratio=model_cfg.magic_mlp_ratio, **common)
-        encoders = dict(model.encoders)
-    else:
-        model = Segmentor(modalities, num_classes, shared_encoder=model_cfg.shared_encoder, fusion=model_cfg.fusion,
-                          **common)
-        encoders = dict(model.encoders)
+    model, encoders = ARCHS[model_cfg.arch](model_cfg, modalities, num_classes, common)
     if model_cfg.weights is not None:
         for name, enc in encoders.items():
             channels = (in_chans or {}).get(modalities[0] if name == "shared" else name, 3)
