@@ -210,7 +210,9 @@ class DistillConfig(_Checked):
     method: DistillMethod = "robustseg"  # the student objective: RobustSeg's L_hp, or AnySeg's (below)
     conventions: Conventions = "paper"  # one switch: the paper's conventions or the public code's
     dropout: DropoutMode = "sample"  # Anymodal Dropout
+    dropout_p_full: float | None = None  # P(every modality kept); None: the paper's law (k uniform in 1..M: 1/M)
     student_init: StudentInit = "from_teacher"  # the student starts as the trained teacher, or as it began
+    epochs: int | None = None  # the student's epochs after the teacher's train.epochs; None: train.epochs
     kd_weight: float = 50.0  # lambda (paper)
     kd_temperature: float = 1.0
     kd_reduction: KDReduction = "element"  # mean over K*pixels (public code; lambda=50 was tuned to it)
@@ -252,6 +254,10 @@ class DistillConfig(_Checked):
             _positive(f"distill.{key}", getattr(self, key))
         if self.share_kd is not None:
             _positive("distill.share_kd", self.share_kd)
+        if self.epochs is not None:
+            _positive("distill.epochs", self.epochs)
+        if self.dropout_p_full is not None and not 0 <= self.dropout_p_full <= 1:
+            raise ConfigError(f"distill.dropout_p_full={self.dropout_p_full} must be in [0, 1] (or None: the paper's law)")
         if self.weights_resolved and self.weighting != "gradient_share":
             raise ConfigError("distill.weights_resolved=True marks weights chosen by the gradient_share rule; with "
                               f"distill.weighting={self.weighting!r} the weights are as written: set "
@@ -317,6 +323,14 @@ class Config(_Checked):
                 "model.shared_encoder=False or distill.feedback=False")
 
     @property
+    def epochs(self) -> int:
+        """The epochs this run trains: a student's `distill.epochs` (it continues a teacher trained for
+        `train.epochs`), else `train.epochs`."""
+        if self.distill.enabled and self.distill.epochs is not None:
+            return self.distill.epochs
+        return self.train.epochs
+
+    @property
     def method(self) -> TrainMethod:
         """The training method this config describes (`workbench.methods.METHODS`): `magic` for
         model.arch='magic', else `supervised` without distillation, else distill.method."""
@@ -356,6 +370,9 @@ class Config(_Checked):
                 d["distill"].pop(k)
         if self.distill.weighting == "paper":  # the weights are as written (the field counts for gradient_share)
             d["distill"].pop("weights_resolved", None)
+        for k in ("epochs", "dropout_p_full"):  # options added later count only when set
+            if d["distill"].get(k, 0) is None:
+                d["distill"].pop(k)
         # options of the comparators' architectures and objectives count only where they are used (so a
         # config of the segformer arch hashes as it did before they existed)
         if self.model.arch == "segformer":
@@ -535,6 +552,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ifv_cpd": _distill(enabled=True, ifv_modalities="all"),
     "hpd": _distill(enabled=True, ifv_modalities="primary"),
     "robustseg": _distill(enabled=True, ifv_modalities="primary", feedback=True),
+    # Compute-matched controls (docs/METHOD.md, "Controls"): students of the same teacher, trained as long, with
+    # no distillation term: CE on every modality (the teacher trained longer), and CE under Anymodal Dropout
+    "baseline_long": _distill(enabled=True, kd_weight=0.0, cp_weight=0.0, ifv_weight=0.0, dropout="none"),
+    "dropout_only": _distill(enabled=True, kd_weight=0.0, cp_weight=0.0, ifv_weight=0.0),
     # An approximation of AnySeg built from RobustSeg's losses (single-modal distillation, Anymodal Dropout,
     # no cross-modal term): each modality's prototypes and IFV maps distilled from the same modality of the
     # teacher. Kept for the ablation; `anyseg` below is AnySeg's own objective.

@@ -363,18 +363,26 @@ def cpd_pairs(batch: int | Tensor, num_modalities: int | None = None, generator:
 
 
 def anymodal_dropout(batch_size: int, num_modalities: int, generator: torch.Generator | None = None,
-                     mode: str = "sample", device: torch.device | str | None = None) -> Tensor:
+                     mode: str = "sample", device: torch.device | str | None = None,
+                     p_full: float | None = None) -> Tensor:
     """Anymodal Dropout mask (B, M) bool: which modalities the student receives; never an empty row.
 
-    The public code's distribution: k uniform in 1..M, then a uniform k-subset (the first k of a uniform
-    permutation). `sample`: one draw per sample; `batch`: one draw for the whole batch (public code);
+    The public code's distribution (`p_full=None`, the paper's reading): k uniform in 1..M, then a uniform
+    k-subset (the first k of a uniform permutation), so P(full) = 1/M. With `p_full`: every modality with
+    probability p_full, else k uniform in 1..M-1 and a uniform k-subset (p_full = 1/M is the same law, with
+    other draws). `sample`: one draw per sample; `batch`: one draw for the whole batch (public code);
     `none`: every modality."""
     check("mode", mode, DropoutMode)
     m = num_modalities
-    if mode == "none":
+    if mode == "none" or (p_full is not None and m == 1):
         return torch.ones(batch_size, m, dtype=torch.bool, device=device)
     n = batch_size if mode == "sample" else 1
-    k = torch.randint(1, m + 1, (n,), generator=generator, device=_gen_device(generator))
+    gd = _gen_device(generator)
+    if p_full is None:
+        k = torch.randint(1, m + 1, (n,), generator=generator, device=gd)
+    else:
+        full = torch.rand(n, generator=generator, device=gd) < p_full
+        k = torch.where(full, m, torch.randint(1, m, (n,), generator=generator, device=gd))
     ranks = _random_permutations(n, m, generator).argsort(1)  # rank of each modality in a random order
     keep = ranks < k[:, None]
     return keep.expand(batch_size, m).clone().to(device or keep.device)

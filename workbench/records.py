@@ -18,7 +18,7 @@ import numpy as np
 from workbench.errors import MissingFile
 
 __all__ = ["Records", "read_records", "series", "smooth", "loss_terms", "curves", "curve_rows",
-           "primary_frequency", "feedback_share"]
+           "primary_frequency", "feedback_share", "Plateau", "plateau", "PLATEAU_FRACTION", "PLATEAU_POINTS"]
 
 
 @dataclass(frozen=True)
@@ -111,3 +111,44 @@ def feedback_share(train_rows: Sequence[dict]) -> dict[str, float]:
     """Per modality, the share of steps in which its teacher encoder took a feedback step (non-primary)."""
     keys = [k for k in (train_rows[0] if train_rows else {}) if k.startswith("train/feedback/trained/")]
     return {k.rsplit("/", 1)[-1]: float(np.mean([r[k] for r in train_rows if k in r])) for k in keys}
+
+
+# The plateau rule a teacher's training length is chosen by (docs/BENCHMARK.md, "Converged teachers"): over
+# the last quarter of its epochs it gains less than half a point of full-modality mIoU on val.
+PLATEAU_FRACTION, PLATEAU_POINTS = 0.25, 0.5
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """What the plateau rule reads off a run's validation curve."""
+
+    gain: float  # `key` at the last validation minus at the last validation at or before `start_epoch`
+    start_epoch: int  # the last validation at or before (1 - fraction) x the run's epochs
+    end_epoch: int
+    points: float  # the rule's threshold
+
+    @property
+    def reached(self) -> bool:
+        return self.gain < self.points
+
+    def describe(self) -> str:
+        return (f"{self.gain:+.2f} points from epoch {self.start_epoch} to {self.end_epoch} "
+                f"({'plateau' if self.reached else 'still rising'}: the rule asks < {self.points:g})")
+
+
+def plateau(val_rows: Sequence[dict], epochs: int | None = None, key: str = "val/miou_full",
+            fraction: float = PLATEAU_FRACTION, points: float = PLATEAU_POINTS) -> Plateau:
+    """The plateau rule on a run's validation rows: the gain of `key` over the last `fraction` of its epochs
+    (`epochs`: the run's length, default the last validated epoch), measured from the last validation at or
+    before the start of that stretch. Needs a validation there (e.g. `train.val_every` <= fraction x epochs)."""
+    rows = [r for r in val_rows if key in r]
+    if not rows:
+        raise MissingFile(f"no validation rows with {key}: train with train.val_every > 0")
+    epochs = epochs or rows[-1]["epoch"]
+    start = epochs * (1 - fraction)
+    before = [r for r in rows if r["epoch"] <= start]
+    if not before:
+        raise MissingFile(f"no validation at or before epoch {start:g} of {epochs}: validate more often "
+                          f"(train.val_every <= {max(1, int(fraction * epochs))})")
+    first, last = before[-1], rows[-1]
+    return Plateau(float(last[key] - first[key]), int(first["epoch"]), int(last["epoch"]), points)

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -279,6 +279,8 @@ def resolve_weights(cfg: Config, progress: bool = True) -> Config:
     d = cfg.distill
     if not d.enabled or d.weighting != "gradient_share" or d.weights_resolved or d.method != "robustseg":
         return cfg
+    if not any(RS.configured_weights(d).values()):  # a control without distillation terms: nothing to weigh
+        return replace(cfg, distill=replace(d, weights_resolved=True))
     norms = probe_norms(cfg, progress)
     out = RS.with_rule_weights(cfg, norms)
     log.debug("gradient_share weights of %s (%s, seed %d): %s", cfg.name, cfg.profile, cfg.train.seed,

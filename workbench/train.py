@@ -191,7 +191,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, r
     # the method owns the models and the losses of a step (workbench.methods); this loop owns the rest
     method = build_method(cfg, train_ds, device, ctx, teacher_checkpoint)
     optimizer = torch.optim.AdamW(param_groups(method.model, cfg.train.weight_decay), lr=cfg.train.lr)
-    total = cfg.train.epochs * len(loader)
+    total = cfg.epochs * len(loader)
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)
     warmup = min(total - 1, round(cfg.train.warmup_epochs * len(loader)))
@@ -205,7 +205,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, r
     _start_records(run)
 
     last_val, entry = None, {}
-    for epoch in range(start_epoch, cfg.train.epochs):
+    for epoch in range(start_epoch, cfg.epochs):
         if run.step >= total:
             break
         run.epoch = epoch
@@ -213,7 +213,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, r
         sampler.set_epoch(epoch)
         draws = Draws.for_epoch(cfg.train.seed, epoch)  # dropout subsets, CPD pairs: the same for every method
         method.train()
-        bar = tqdm(loader, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+        bar = tqdm(loader, desc=f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not (progress and ctx.is_main), dynamic_ncols=True)
         t0, seen = time.perf_counter(), 0
         for batch in bar:
@@ -251,7 +251,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, r
             if run.step >= total:
                 break
         bar.close()
-        last_epoch = epoch + 1 == cfg.train.epochs or run.step >= total
+        last_epoch = epoch + 1 == cfg.epochs or run.step >= total
         _check_weights(run)  # a step with a finite loss can still leave NaN weights (e.g. an overflowing gradient)
         ctx.broadcast_buffers(method.model)
         # evaluate every combination on val: every `val_every` epochs and after the last one
@@ -370,7 +370,7 @@ def _validate(run: _Loop, val_loader, val_ds, batch: dict, device: torch.device)
 def _log_epoch(run: _Loop, entry: dict, last_val: dict | None) -> None:
     if run.ctx.is_main:
         log.info("%s epoch %d/%d: step %d, loss %.4f, %.1f img/s%s", run.cfg.name, run.epoch + 1,
-                 run.cfg.train.epochs, run.step, entry["train/loss"], entry["img_per_s"],
+                 run.cfg.epochs, run.step, entry["train/loss"], entry["img_per_s"],
                  f", val full {last_val['val/miou_full']:.2f} EMM {last_val['val/emm']:.2f}"
                  if last_val and last_val["epoch"] == run.epoch + 1 else "")
 

@@ -9,10 +9,12 @@ from workbench.config import PROFILES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Train (or reuse) the ablation rows at every seed and print, per claim of the paper and "
-                     "protocol, the paired difference with its 95% CI, the smallest difference the design "
-                     "can detect, the paper's difference and a verdict (reproduced / contradicted / "
-                     "inconclusive at this power).")
+    p.description = ("Train (or reuse) the ablation rows and the compute-matched controls (baseline_long, "
+                     "dropout_only) at every seed and print, per claim of the paper and per control claim and "
+                     "protocol, the paired difference with its 95% CI, the smallest difference the design can "
+                     "detect, the paper's difference and a verdict (reproduced / contradicted / inconclusive at "
+                     "this power); then KD's weight lambda (0, 5, 50) against full mIoU and EMM, and the loss "
+                     "weights of every row and seed.")
     p.add_argument("--profile", default="quick", help=f"the scale: {', '.join(PROFILES)}")
     p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated training seeds (the pairing unit)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -23,10 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workbench.claims import format_claims, run_claims
+    from workbench.claims import run_claims
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = run_claims(args.profile, seeds, overrides=args.set, split=args.split, out=args.out,
-                      progress=not args.quiet)
-    print(format_claims(rows))
+    table = run_claims(args.profile, seeds, overrides=args.set, split=args.split, out=args.out,
+                       progress=not args.quiet)
+    print(table.format())
     return 0

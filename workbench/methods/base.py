@@ -48,13 +48,16 @@ def segmentation_loss(cfg: Config, logits: torch.Tensor, labels: torch.Tensor) -
     return L.ce_loss(logits, labels)
 
 
-def dropout_mask(batch: dict, num_modalities: int, generator: torch.Generator, mode: str) -> torch.Tensor:
-    """Anymodal Dropout (`losses.anymodal_dropout`) restricted to what the batch holds (`present`): a sample
-    whose draw keeps none of its modalities receives all of them. `mode="none"`: the batch as given."""
+def dropout_mask(batch: dict, num_modalities: int, generator: torch.Generator, mode: str,
+                 p_full: float | None = None) -> torch.Tensor:
+    """Anymodal Dropout (`losses.anymodal_dropout`, `p_full` its P(every modality kept)) restricted to what the
+    batch holds (`present`): a sample whose draw keeps none of its modalities receives all of them.
+    `mode="none"`: the batch as given."""
     if mode == "none":
         return batch["present"]
     labels = batch["label"]
-    present = L.anymodal_dropout(labels.shape[0], num_modalities, generator, mode).to(labels.device) & batch["present"]
+    present = L.anymodal_dropout(labels.shape[0], num_modalities, generator, mode, p_full=p_full).to(labels.device)
+    present &= batch["present"]
     empty = ~present.any(1)
     present[empty] = batch["present"][empty]
     return present
@@ -127,7 +130,7 @@ class Student(Method):
 
     def dropout(self, batch: dict, draws: Draws) -> torch.Tensor:
         """This step's Anymodal Dropout mask (B, M) (`distill.dropout`)."""
-        return dropout_mask(batch, len(self.model.modalities), draws.dropout, self.d.dropout)
+        return dropout_mask(batch, len(self.model.modalities), draws.dropout, self.d.dropout, self.d.dropout_p_full)
 
     def count_kept(self, present: torch.Tensor) -> None:
         """Count a training step's dropout mask for `validation_logs`."""

@@ -164,7 +164,7 @@ def probe_config(cfg: Config, teacher_checkpoint: str | Path | None = None) -> C
     m = measure_config(cfg)
     teacher = str(teacher_checkpoint) if teacher_checkpoint is not None else m.distill.teacher
     off = {t.weight: 0.0 for t in TERMS[1:]}
-    return replace(m, name="probe", distill=replace(m.distill, teacher=teacher, **off),
+    return replace(m, name="probe", distill=replace(m.distill, teacher=teacher, epochs=None, **off),
                    train=replace(m.train, epochs=1, val_every=1))
 
 
