@@ -153,3 +153,31 @@ def test_slider_app_side_by_side(tiny):
     assert all(p.index == 2 for p in preds.values()) and app.last["robustseg"]["meta"]["index"] == 2
     assert "wb-toggle-rgb" in app.toggles["rgb"]._dom_classes
     assert "wb-prediction-robustseg" in app.pred_imgs["robustseg"]._dom_classes
+
+
+class _Scores:
+    """Stands in for CombinationResults: a full score and a score without the camera."""
+
+    modalities = ("rgb", "depth", "event", "lidar")
+
+    def __init__(self, full, off):
+        self._full, self._off = full, off
+
+    def full(self, protocol):
+        return self._full
+
+    def miou(self, protocol, combo):
+        assert combo == ("depth", "event", "lidar")
+        return self._off
+
+
+def test_the_first_prompt_tells_what_the_runs_show():
+    repair = SL.rgb_off_story([(_Scores(50, 2 + i), _Scores(48, 20 + i * 0.5)) for i in range(3)], "robustseg")
+    assert repair.kind == "repair" and "collapses" in repair.text and "3 seeds" in repair.text
+    assert repair.numbers["baseline_off"] == pytest.approx(3.0) and repair.numbers["difference"] == pytest.approx(17.5)
+    ahead = SL.rgb_off_story([(_Scores(41, 26 + i), _Scores(40, 25 + i * 1.1)) for i in range(3)], "robustseg")
+    assert ahead.kind == "baseline ahead" and "stays ahead" in ahead.text and "Why" in ahead.text
+    noise = SL.rgb_off_story([(_Scores(41, 26), _Scores(40, 27)), (_Scores(41, 26), _Scores(40, 25))], "robustseg")
+    assert noise.kind == "within noise" and "seed noise" in noise.text
+    one = SL.rgb_off_story([(_Scores(41, 26), _Scores(40, 30))], "robustseg")
+    assert one.kind == "one seed" and "cannot tell" in one.text

@@ -48,6 +48,7 @@ from workbench.samples import (
 __all__ = ["Degradation", "DEGRADATIONS", "gaussian_noise", "salt_and_pepper", "pixel_dropout", "gaussian_blur",
            "degrade", "ModalityState", "InputState", "build_inputs", "SamplePredictor", "slider_states",
            "legend_html", "contributions_html", "SliderApp", "REDUCED_QUICK", "classroom_runs", "comparison",
+           "Story", "rgb_off_story", "story_pairs",
            "served_by_voila", "prepare_classroom"]
 
 
@@ -550,6 +551,74 @@ def comparison(baseline, student, split: str = "test", device: str = "auto", see
     classes, palette = class_info(student.config, split)
     titles = {"baseline": "baseline (trained with all modalities)", method: f"{method} (student)"}
     return SliderApp(preds, classes, palette, samples=samples, titles=titles, header=header)
+
+
+@dataclass(frozen=True)
+class Story:
+    """What the classroom's first prompt says, computed from the runs it shows (`rgb_off_story`)."""
+
+    kind: str  # "repair" | "baseline ahead" | "within noise" | "one seed"
+    text: str
+    numbers: dict
+
+
+def rgb_off_story(pairs: Sequence[tuple], method: str, camera: str = "rgb", protocol: str = "drop") -> Story:
+    """The classroom's first prompt ("switch the camera off: which model keeps its street?") from the runs
+    it loads: `pairs` holds, per seed, the baseline's and the student's all-combination results on the page's
+    split. The student's score without the camera is compared with the baseline's, paired by seed
+    (`workbench.stats.paired`): the page shows the collapse and the repair only where the runs show it, says
+    so when the baseline stays ahead (and asks why), and calls a difference inside the seed spread, or one
+    seed, what it is."""
+    from workbench.stats import paired
+
+    mods = pairs[0][0].modalities
+    if camera not in mods or len(mods) < 2:
+        return Story("within noise", "Switch a sensor off with its button: which model keeps its street?", {})
+    rest = tuple(m for m in mods if m != camera)
+    full_b = [b.full(protocol) for b, _ in pairs]
+    off_b = [b.miou(protocol, rest) for b, _ in pairs]
+    full_s = [s.full(protocol) for _, s in pairs]
+    off_s = [s.miou(protocol, rest) for _, s in pairs]
+    d = paired(off_s, off_b)
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    n = {"seeds": d.n, "baseline_full": mean(full_b), "baseline_off": mean(off_b), "student_full": mean(full_s),
+         "student_off": mean(off_s), "difference": d.mean, "ci_low": d.low, "ci_high": d.high}
+    keeps = n["baseline_off"] / n["baseline_full"] if n["baseline_full"] else float("nan")
+    n["baseline_keeps"] = keeps
+    head = (f"Switch {camera.upper() if camera == 'rgb' else camera} off. With every sensor the baseline scores "
+            f"{n['baseline_full']:.1f} mIoU and {method} {n['student_full']:.1f}; without the camera the baseline "
+            f"scores {n['baseline_off']:.1f} (it keeps {100 * keeps:.0f}% of its score) and {method} "
+            f"{n['student_off']:.1f}")
+    seeds = f"{d.n} seed{'s' if d.n > 1 else ''}, {'paired by seed' if d.n > 1 else 'no spread from one seed'}"
+    if d.n < 2:
+        return Story("one seed", f"{head} ({seeds}: a single pair of runs cannot tell a difference from seed "
+                     f"noise). Which model keeps its street on this scene?", n)
+    ci = f"{d.mean:+.1f} points, 95% CI [{d.low:+.1f}, {d.high:+.1f}], {seeds}"
+    if d.low > 0:
+        fall = "collapses" if keeps < 0.5 else "falls"
+        return Story("repair", f"{head}: the baseline {fall} without the camera and {method} keeps more of the "
+                     f"street ({ci}). Which sensor does each model lean on now?", n)
+    if d.high < 0:
+        return Story("baseline ahead", f"{head}: on these runs the baseline stays ahead without the camera ({ci}). "
+                     f"Why might a model trained with every sensor not lean on the camera here, and what does "
+                     f"{method} give up for its robustness?", n)
+    return Story("within noise", f"{head}: the two are within seed noise of each other without the camera ({ci}). "
+                 f"Look at single scenes: where does each model fail?", n)
+
+
+def story_pairs(student, seeds: Sequence[int], split: str = "test", device: str = "auto") -> list[tuple]:
+    """(baseline, student) all-combination results on `split` for `student` (a `workbench.runs.Run`) and the
+    same configuration at every seed of `seeds` whose two runs are trained (nothing is trained here; the
+    evaluations are cached beside the runs)."""
+    from workbench.config import apply_overrides
+    from workbench.runs import Run
+
+    out = []
+    for seed in dict.fromkeys([student.config.train.seed, *seeds]):
+        run = Run.from_config(apply_overrides(student.config, {"train.seed": seed}), progress=False)
+        if run.done and run.teacher.done:
+            out.append((run.teacher.evaluation(split, device=device), run.evaluation(split, device=device)))
+    return out
 
 
 def served_by_voila() -> bool:
