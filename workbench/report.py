@@ -176,7 +176,8 @@ def summary_markdown(profile: str, entries: dict[str, list[dict]], root: Path) -
     return md
 
 
-def build_markdown(outcomes: Sequence, profile: str, root: Path, threads: int | None = None) -> str:
+def build_markdown(outcomes: Sequence, profile: str, root: Path, threads: int | None = None,
+                   check: Sequence[str] = ()) -> str:
     """The report: a one-screen summary, then every notebook's tables and figures, versions and runs.
     Nothing in it depends on when or how fast the suite ran, so a re-run writes the same file."""
     vers, commit = versions(), git_commit()
@@ -197,6 +198,7 @@ def build_markdown(outcomes: Sequence, profile: str, root: Path, threads: int | 
             md += [f"- **{o.name}** ({o.status}): {o.error}", f"  - executed notebook: `{relative(o.executed)}`",
                    "  - failing cell:", "", "```", o.cell or "-", "```", ""]
     md += summary_markdown(profile, entries, root)
+    md += list(check)  # the reproduction check against the committed figures (workbench.selfcheck)
     md += ["# Details", "", "## Notebooks", "", markdown_table(status_rows), ""]
     for name, items in entries.items():
         md += [f"## {name}", ""] + ([] if name in ran else ["(not run this time: figures from an earlier run)", ""])
@@ -222,13 +224,13 @@ _STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:
           "pre{background:#f6f6f6;padding:0.5em;overflow-x:auto}td img{max-width:380px}")
 
 
-def write_report(outcomes: Sequence, profile: str, root: Path | None = None, threads: int | None = None
-                 ) -> dict[str, Path]:
+def write_report(outcomes: Sequence, profile: str, root: Path | None = None, threads: int | None = None,
+                 check: Sequence[str] = ()) -> dict[str, Path]:
     """Write `REPORT.md` and `REPORT.html` (the same content) into `root` (default `figures/`); `threads`:
-    the notebook kernels' thread count, said in the report."""
+    the notebook kernels' thread count, said in the report; `check`: the reproduction check's section."""
     root = Path(root or figures_dir())
     root.mkdir(parents=True, exist_ok=True)
-    md = build_markdown(outcomes, profile, root, threads)
+    md = build_markdown(outcomes, profile, root, threads, check)
     md_path, html_path = root / "REPORT.md", root / "REPORT.html"
     md_path.write_text(md)
     html_path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>RobustSeg suite report "

@@ -8,6 +8,7 @@ import logging
 import time
 from pathlib import Path
 
+from workbench import selfcheck
 from workbench import suite as S
 from workbench.checkpoint import git_commit
 from workbench.errors import MissingFile
@@ -50,12 +51,19 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or None
     log.info("profile %s: %d notebooks -> %s; figures -> %s; %s", args.profile, len(notebooks), relative(out_dir),
              relative(figures_dir()), f"{threads} threads per kernel" if threads else "the machine's thread count")
+    committed = selfcheck.snapshot(figures_dir(), args.profile)  # the figures as they were before this run
     t0 = time.perf_counter()
     outcomes = S.run_suite(notebooks, args.notebooks, out_dir, args.profile, extra, args.cell_progress,
                            args.log_output, args.timeout, threads)
     seconds = time.perf_counter() - t0
+    check = None
+    if committed and all(o.status == "ok" for o in outcomes) and not args.only:
+        spread = [p.read_text() for p in sorted(figures_dir().glob(f"claims_{args.profile}*_seeds.csv"))]
+        check = selfcheck.compare(committed, figures_dir(), spread)
+        log.info("%s", selfcheck.format_check(check))
     if not args.no_report:
-        paths = write_report(outcomes, args.profile, threads=threads)
+        paths = write_report(outcomes, args.profile, threads=threads,
+                             check=selfcheck.check_markdown(check) if check else ())
         log.info("report: %s and %s", relative(paths["md"]), relative(paths["html"]))
         commit = git_commit()
         if commit.endswith("+dirty"):
