@@ -250,3 +250,57 @@ def test_import_mit_names_a_workbench_checkpoint(trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is a workbench checkpoint" in err and "evaluate" in err and "distill.teacher" in err
     assert "truncated" not in err and "\x1b[" not in err and not (tmp_path / "w.pth").exists()
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC after `room` bytes, as a full disk's would (torch.save reports it
+    as a RuntimeError "enforce fail at inline_container.cc", the OSError only as its context)."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
+    """The second epoch's last.pt hits a full disk inside torch.save: one error line that names the file and
+    says the previous checkpoint is intact; it is, and resuming from it gives the uninterrupted run."""
+    real_fdopen, writes = os.fdopen, []
+
+    def fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        if ".last.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+            writes.append(fd)
+            if len(writes) == 2:
+                return _FullDisk(f, room=4096)
+        return f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    run = tmp_path / "run"
+    over = ["--set", "data.train_samples=8", "--set", "data.val_samples=4", "--set", "train.epochs=2",
+            "--eval-split", "none", "--quiet"]
+    assert main(["train", "--preset", "tiny", "--out", str(run), *over]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left on the device while writing") and err.count("\n") == 1, err
+    assert str(run / "last.pt") in err and "the previous checkpoint last.pt is intact" in err
+    assert "Traceback" not in err and "inline_container" not in err
+    assert load_checkpoint(run / "last.pt")["epoch"] == 0 and not (run / "final.pt").exists()
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")], "no temp file is left"
+    monkeypatch.undo()
+    assert main(["train", "--preset", "tiny", "--out", str(run), "--resume", *over]) == 0
+    assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "ref"), *over]) == 0
+    a, b = load_checkpoint(run / "final.pt")["model"], load_checkpoint(tmp_path / "ref" / "final.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run equals the uninterrupted one"

@@ -123,9 +123,21 @@ def atomic_write_bytes(path: str | Path, write_fn) -> None:
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and (clear := storage_error(e, path)) is not None:
+        cause = _os_error(e)  # torch.save wraps a failed write in a RuntimeError ("enforce fail at inline_container")
+        if cause is not None and (clear := storage_error(cause, path)) is not None:
             raise clear from e
         raise
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+    """`e` itself or the OSError it was raised from or while handling (its `__cause__` / `__context__`)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -52,9 +52,10 @@ from workbench.options import (
     TrainMethod,
     Weighting,
 )
+from workbench.paths import check_name
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "DistillConfig", "MagicConfig", "ConfigError",
-           "PROFILES", "METHODS", "TUNED", "CONVENTIONS", "preset", "apply_overrides"]
+           "PROFILES", "METHODS", "TUNED", "CONVENTIONS", "preset", "apply_overrides", "overrides_dict"]
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
@@ -293,6 +294,8 @@ class Config(_Checked):
     magic: MagicConfig = field(default_factory=MagicConfig)
 
     def check(self) -> None:
+        check_name("name", self.name)  # both name the run's folder (workbench.runs.cache_dir)
+        check_name("profile", self.profile)
         if self.distill.enabled and self.model.arch != "segformer":
             trained = "with MAGIC's own objective" if self.model.arch == "magic" else "supervised"
             raise ConfigError(f"distill.enabled=True needs model.arch='segformer' (students and teachers are "
@@ -441,6 +444,16 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any] | None) -
             raise ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(valid)}")
         node[parts[-1]] = value
     return Config.from_dict(d)
+
+
+def overrides_dict(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """`--set`-style overrides (a list of `section.key=value`, or a dict) as a dict, each item checked as
+    `apply_overrides` checks it (a ConfigError for an item without `=`)."""
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    return dict(_split(str(o)) for o in overrides)
 
 
 def _split(item: str) -> tuple[str, str]:

@@ -27,9 +27,10 @@ from typing import Any
 
 import torch
 
+from workbench import evalcache
 from workbench import weighting as W
-from workbench.checkpoint import atomic_write_text, checkpoint_problem, load_checkpoint, run_lock
-from workbench.config import Config, apply_overrides, preset
+from workbench.checkpoint import checkpoint_problem, load_checkpoint, run_lock
+from workbench.config import Config, apply_overrides, overrides_dict, preset
 from workbench.data import Collate, dataset_from_config
 from workbench.errors import CheckpointError, MissingFile
 from workbench.evaluate import TTA, CombinationResults, evaluate_combinations
@@ -37,7 +38,7 @@ from workbench.methods import applied
 from workbench.models import load_model
 from workbench.models.build import checkpoint_path as resolve_checkpoint
 from workbench.options import RobustnessProtocol, Which, check
-from workbench.paths import runs_dir
+from workbench.paths import inside, runs_dir
 from workbench.records import Records, read_records
 from workbench.train import resolve_device, train
 
@@ -47,8 +48,10 @@ __all__ = ["Run", "cache_dir", "notebook_overrides"]
 
 
 def cache_dir(cfg: Config) -> Path:
-    """Where the run of `cfg` is cached: `runs/cache/<name>-<profile>-s<seed>-<config hash>`."""
-    return runs_dir() / "cache" / f"{cfg.name}-{cfg.profile}-s{cfg.train.seed}-{cfg.hash()}"
+    """Where the run of `cfg` is cached: `runs/cache/<name>-<profile>-s<seed>-<config hash>` (checked to stay
+    under `runs/cache`; `Config` already allows only safe names)."""
+    root = runs_dir() / "cache"
+    return inside(root, root / f"{cfg.name}-{cfg.profile}-s{cfg.train.seed}-{cfg.hash()}")
 
 
 def notebook_overrides(dataset: str | None = None, data_root: str | None = None, device: str = "auto",
@@ -63,11 +66,7 @@ def notebook_overrides(dataset: str | None = None, data_root: str | None = None,
 
 
 def _as_dict(overrides) -> dict:
-    if not overrides:
-        return {}
-    if isinstance(overrides, dict):
-        return dict(overrides)
-    return dict(str(o).split("=", 1) for o in overrides)
+    return overrides_dict(overrides)
 
 
 @dataclass(frozen=True)
@@ -77,6 +76,7 @@ class Run:
     config: Config
     dir: Path
     checkpoint_path: Path | None = None
+    eval_dir: Path | None = None  # where evaluations are cached when `dir` cannot be written (workbench.evalcache)
 
     # -- opening a run ----------------------------------------------------------------------------
     @classmethod
@@ -242,23 +242,20 @@ class Run:
                                            collate_fn=Collate(mods), num_workers=self.config.data.num_workers)
 
     def _cached(self, kind: str, key: dict, compute, load):
-        """A result computed once from this run's checkpoint, then read from `eval/` beside it. The entry
+        """A result computed once from this run's checkpoint, then read from `eval/` beside it (or, when the
+        run's folder cannot be written, from `eval_dir` or the user's cache: `workbench.evalcache`). The entry
         names the checkpoint it was computed from, so a retrained run is evaluated again; an unreadable
         entry is reported and computed again; entries are written atomically."""
         self._require()
         stat = self.checkpoint.stat()
         source = {"checkpoint": self.checkpoint.name, "mtime_ns": stat.st_mtime_ns, "size": stat.st_size}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-        path = self.dir / "eval" / f"{kind}-{key['split']}-{key['which']}-{digest}.json"
-        if path.exists():
-            try:
-                entry = json.loads(path.read_text())
-                if entry["key"] == key and entry["source"] == source:
-                    return load(entry["results"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                log.warning("evaluation cache %s is unreadable (%s); computing it again", path, e)
-        res = compute()
-        atomic_write_text(path, json.dumps({"key": key, "source": source, "results": res.state()}))
+        name = f"{kind}-{key['split']}-{key['which']}-{digest}.json"
+        folders = [self.dir / "eval", self.eval_dir or evalcache.fallback_dir(self.dir)]
+        res = evalcache.read(folders, name, key, source, load)
+        if res is None:
+            res = compute()
+            evalcache.write(folders, name, {"key": key, "source": source, "results": res.state()})
         return res
 
     def evaluation(self, split: str = "test", which: Which = "model", protocols=("zero", "drop"),

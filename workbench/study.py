@@ -12,7 +12,7 @@ import math
 import statistics
 from pathlib import Path
 
-from workbench.config import METHODS
+from workbench.config import METHODS, overrides_dict
 from workbench.errors import UnknownName
 from workbench.evaluate import CombinationResults, combo_name
 from workbench.paths import figures_dir
@@ -32,11 +32,7 @@ ABLATION_ORDER = ("baseline", "basic_kd", "ifv_single", "ifv_cross", "cpd", "ifv
 
 
 def _as_dict(overrides) -> dict:
-    if not overrides:
-        return {}
-    if isinstance(overrides, dict):
-        return dict(overrides)
-    return dict(o.split("=", 1) for o in overrides)
+    return overrides_dict(overrides)
 
 
 SHARES = ("kd", "cp", "ifv")

@@ -9,12 +9,15 @@ protocols (`workbench.robustness`); `--protocol all`: each of them. Results are 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from workbench.checkpoint import ensure_folder
 from workbench.commands.common import add_quiet, parse_list
-from workbench.errors import ConfigError
+from workbench.errors import ConfigError, StorageError
+from workbench.evalcache import not_writable
 from workbench.evaluate import TTA
 from workbench.options import Convention, Metric, choices
+from workbench.paths import child
 from workbench.robustness import NM_LEVELS, RMM_RATES
 from workbench.runs import Run
 from workbench.train import resolve_device
@@ -38,9 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation "
                    "(DeLiVER's evaluate_msf)")
     p.add_argument("--window", type=int, default=None, help="sliding-window inference with this window (pixels)")
-    p.add_argument("--rates", default=",".join(map(str, RMM_RATES)), help="RMM: comma-separated zeroing rates")
-    p.add_argument("--levels", default=",".join(NM_LEVELS), help="NM: comma-separated noise levels")
-    p.add_argument("--seed", type=int, default=0, help="RMM/NM: the seed of the random corruption")
+    p.add_argument("--rates", default=None, help=f"RMM only: comma-separated zeroing rates (default "
+                   f"{','.join(map(str, RMM_RATES))})")
+    p.add_argument("--levels", default=None, help=f"NM only: comma-separated noise levels (default {','.join(NM_LEVELS)})")
+    p.add_argument("--seed", type=int, default=None, help="RMM/NM only: the seed of the random corruption (default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--naive", action="store_true", help="one forward per setting (the reference way)")
     p.add_argument("--out", default=None, help="folder for the CSV/JSON tables (default: the checkpoint's folder)")
@@ -59,10 +63,28 @@ def run(args: argparse.Namespace) -> int:
         if not combos:
             raise ConfigError(f"--window applies to the zero and drop protocols (every combination); --protocol "
                               f"{args.protocol} evaluates whole images: leave --window out")
+    # an option the chosen protocols do not read is an error, not silently ignored
+    for option, value, needs in (("--rates", args.rates, ("rmm",)), ("--levels", args.levels, ("nm",)),
+                                 ("--seed", args.seed, ("rmm", "nm"))):
+        if value is not None and not set(wanted) & set(needs):
+            raise ConfigError(f"{option} applies to --protocol {' or '.join(needs)} (or all); --protocol "
+                              f"{args.protocol} does not use it: leave {option} out or choose --protocol {needs[0]}")
+    rates = tuple(parse_list(args.rates, "--rates", float)) if args.rates is not None else RMM_RATES
+    levels = tuple(parse_list(args.levels, "--levels")) if args.levels is not None else tuple(NM_LEVELS)
+    seed = args.seed if args.seed is not None else 0
     r = Run.at(args.checkpoint)
-    out = ensure_folder(args.out) if args.out else r.checkpoint.parent
+    if args.out:  # tables, and the evaluation cache when the run's folder cannot be written, go to --out
+        out = ensure_folder(args.out)
+        r = dataclasses.replace(r, eval_dir=out / "eval")
+    else:
+        out = r.checkpoint.parent
+        problem = not_writable(out)
+        if problem is not None:
+            raise StorageError(f"cannot write the tables into the run's folder {out} ({problem.strerror}); give "
+                               f"--out DIR, a folder you can write, for the tables (the evaluation cache goes there too)")
     data = {"case": args.case} if args.case else None
     suffix = f"{args.split}_{args.which}" + (f"_{args.case}" if args.case else "")
+    child(out, f"combos_{suffix}.csv", "the tables")  # a split or case that is not a plain name is refused here
     common = dict(split=args.split, which=args.which, convention=args.convention, device=args.device, data=data,
                   progress=not args.quiet)
     if combos:
@@ -77,13 +99,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"\nper {by} ({p}):\n{res.format_breakdown(p, by=by)}")
         print(f"written: {paths['csv']}, {paths['json']}")
     if "rmm" in wanted:
-        rmm = r.robustness("rmm", seed=args.seed, rates=tuple(parse_list(args.rates, "--rates", float)),
-                           one_pass=not args.naive, **common)
+        rmm = r.robustness("rmm", seed=seed, rates=rates, one_pass=not args.naive, **common)
         print(f"\nRMM (random-missing modality; each element of the normalized input zeroed with probability r):\n"
               f"{rmm.format_table()}\nwritten: {rmm.save(out, prefix=f'rmm_{suffix}')}")
     if "nm" in wanted:
-        nm = r.robustness("nm", seed=args.seed, levels=tuple(parse_list(args.levels, "--levels")), one_pass=not args.naive,
-                          **common)
+        nm = r.robustness("nm", seed=seed, levels=levels, one_pass=not args.naive, **common)
         print(f"\nNM (noisy modality: salt-and-pepper and Gaussian noise on the normalized input):\n"
               f"{nm.format_table()}\nwritten: {nm.save(out, prefix=f'nm_{suffix}')}")
     return 0
