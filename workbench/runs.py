@@ -29,7 +29,7 @@ import torch
 
 from workbench import evalcache
 from workbench import weighting as W
-from workbench.checkpoint import checkpoint_problem, load_checkpoint, run_lock
+from workbench.checkpoint import checkpoint_config, checkpoint_problem, load_checkpoint, run_lock
 from workbench.config import Config, apply_overrides, overrides_dict, preset
 from workbench.data import Collate, dataset_from_config
 from workbench.errors import CheckpointError, MissingFile
@@ -99,7 +99,7 @@ class Run:
             raise MissingFile(f"checkpoint {checkpoint} does not exist; give a run folder that holds final.pt or the path of "
                               f"a checkpoint (train one with `python -m workbench train`)")
         state = load_checkpoint(checkpoint)
-        return cls(Config.from_dict(state["config"]), checkpoint.parent, checkpoint)
+        return cls(checkpoint_config(state, checkpoint), checkpoint.parent, checkpoint)
 
     # -- what it is -------------------------------------------------------------------------------
     @property

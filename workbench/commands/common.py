@@ -23,12 +23,23 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> Config:
     if args.config:
         path = Path(args.config)
+        if path.is_dir():
+            hint = f"give {path / 'config.json'}" if (path / "config.json").is_file() else "give a config.json file"
+            raise ConfigError(f"--config {path} is a folder, not a config file; {hint}")
         if not path.is_file():
             raise MissingFile(f"--config {path} does not exist; give a config.json, e.g. runs/cache/<run>/config.json")
         try:
-            base = Config.from_dict(json.loads(path.read_text()))
+            raw = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ConfigError(f"--config {path} is not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"--config {path} holds a JSON {type(raw).__name__}, not a config object "
+                              f"({{\"name\": ..., \"data\": {{...}}, ...}}); give a run's config.json or the output "
+                              f"of `python -m workbench presets --show NAME`")
+        try:
+            base = Config.from_dict(raw)
+        except ConfigError as e:
+            raise ConfigError(f"--config {path}: {e}") from None
     else:
         base = preset(args.preset, args.profile)
     return apply_overrides(base, args.set)
