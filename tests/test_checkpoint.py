@@ -5,6 +5,7 @@ files are written atomically with the user's umask, without leftovers, and with 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -422,3 +423,25 @@ def test_a_config_file_that_is_not_an_object_names_the_file(tmp_path, capsys):
     assert err.startswith(f"error: --config {tmp_path / 'list.json'} holds a JSON list, not a config object")
     assert main(["train", "--config", str(tmp_path / "typo.json")]) == 2
     assert capsys.readouterr().err.startswith(f"error: --config {tmp_path / 'typo.json'}: unknown config key trian")
+
+
+def test_safetensors_files_are_byte_identical_for_the_same_weights(trained, tmp_path):
+    """safetensors writes its header's metadata in hash-map order; the workbench sorts it, so two identical
+    runs (or two saves of one) give the same bytes, and the file still loads the same weights."""
+    from safetensors import safe_open
+
+    from workbench.checkpoint import save_weights
+
+    state = load_checkpoint(trained / "final.pt")
+    meta = (state["config"], state["classes"], state["modalities"])
+    files = [save_weights(tmp_path / f"{i}.safetensors", state["model"], "model", *meta).read_bytes()
+             for i in range(8)]
+    assert all(f == files[0] for f in files)
+    n = int.from_bytes(files[0][:8], "little")
+    header = json.loads(files[0][8:8 + n])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"]) and (8 + n) % 8 == 0
+    with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
+        assert f.metadata()["which"] == "model" and json.loads(f.metadata()["config"]) == json.loads(json.dumps(state["config"]))
+    loaded = load_model(tmp_path / "0.safetensors").state_dict()
+    assert all(torch.equal(loaded[k], state["model"][k]) for k in state["model"])
+    assert (trained / "model.safetensors").read_bytes() == files[0], "train wrote the same bytes"

@@ -226,8 +226,22 @@ def save_weights(path: str | Path, weights: dict[str, torch.Tensor], which: str,
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}  # no shared storage
     header = {"format": "pt", "workbench": "1", "which": which, "config": json.dumps(config, sort_keys=True),
               "classes": json.dumps(list(classes)), "modalities": json.dumps(list(modalities))}
-    atomic_write_bytes(path, lambda f: f.write(save(tensors, metadata=header)))
+    atomic_write_bytes(path, lambda f: f.write(_sorted_header(save(tensors, metadata=header))))
     return path
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """A safetensors file with its header's metadata in sorted key order: safetensors writes the metadata
+    from a hash map, in an order that changes from one call to the next, so the same weights would give
+    different bytes. The layout (8-byte little-endian header length, JSON header padded with spaces to a
+    multiple of 8, then the tensor data) and the tensors' offsets are unchanged."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def _plain_message(e: BaseException) -> str:
