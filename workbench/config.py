@@ -17,6 +17,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -395,17 +397,19 @@ def _coerce(key: str, typ: Any, value: Any) -> Any:
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{key}={value!r} must be a boolean (true/false)")
     if typ in (int, float):
+        # One rule for every route (--set text, a --config JSON number, a Python value): an integer field
+        # takes integers only, written without a decimal point or exponent (10, not 10.0, 1e1 or 1e308).
         if isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be {'an integer' if typ is int else 'a number'}")
-        if typ is int and isinstance(value, str) and not value.strip().lstrip("-").isdigit():
-            raise ConfigError(f"{key}={value!r} must be an integer")
+        if typ is int:
+            if isinstance(value, numbers.Integral) or (isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value)):
+                return int(value)
+            raise ConfigError(f"{key}={value!r} must be an integer, written without a decimal point or exponent "
+                              f"(e.g. {key}=10)")
         try:
-            out = typ(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}={value!r} must be {'an integer' if typ is int else 'a number'}") from None
-        if typ is int and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{key}={value!r} must be an integer")
-        return out
+            return float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{key}={value!r} must be a number") from None
     if typ is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r} must be a string")
