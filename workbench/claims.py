@@ -18,7 +18,7 @@ from pathlib import Path
 from workbench.evaluate import CombinationResults
 from workbench.paths import figures_dir
 from workbench.runs import Run
-from workbench.stats import paired, verdict
+from workbench.stats import distinct_seeds, paired, verdict
 from workbench.tables import write_csv
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ def run_claims(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), overrid
                out: str | Path | None = None, progress: bool = True) -> list[dict]:
     """Train or reuse every row at every seed (seed-major: a partial study covers every row), evaluate
     them on `split`, and judge each claim under each protocol. Writes the CSVs; returns the claim rows."""
+    seeds = distinct_seeds(seeds)
     results: dict[tuple[str, str, int], CombinationResults] = {}
     shares: dict[tuple[str, int], dict] = {}
     for seed in seeds:

@@ -158,6 +158,22 @@ def tile_images(images: Sequence[np.ndarray], captions: Sequence[str] = (), scal
         canvas = np.asarray(im)
     return canvas
 
+def legend_image(classes: Sequence[str], palette, swatch: int = 12) -> np.ndarray:
+    """The colour legend of a class palette as an image: one row per class, its colour swatch and its name
+    (PIL's built-in font); (H, W, 3) uint8, white background."""
+    from PIL import Image, ImageDraw
+
+    row = swatch + 4
+    width = swatch + 10 + 7 * max(len(str(c)) for c in classes)
+    im = Image.new("RGB", (width, row * len(classes) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(im)
+    for i, (name, colour) in enumerate(zip(classes, palette)):
+        y = 2 + i * row
+        draw.rectangle([2, y, 2 + swatch - 1, y + swatch - 1], fill=tuple(int(c) for c in colour), outline=(0, 0, 0))
+        draw.text((swatch + 6, y + 1), str(name), fill=(0, 0, 0))
+    return np.asarray(im)
+
+
 def _off(ax) -> None:
     ax.set_xticks([])
     ax.set_yticks([])

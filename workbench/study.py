@@ -13,10 +13,11 @@ import statistics
 from pathlib import Path
 
 from workbench.config import METHODS, overrides_dict
-from workbench.errors import UnknownName
+from workbench.errors import ConfigError, UnknownName
 from workbench.evaluate import CombinationResults, combo_name
 from workbench.paths import figures_dir
 from workbench.runs import Run
+from workbench.stats import distinct_seeds
 from workbench.tables import write_csv
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,10 @@ def _summary(res: CombinationResults, protocol: str, run: Run | None = None) -> 
 def run_ablation(profile: str = "quick", seeds=(0, 1, 2), methods=None, overrides=None, out=None,
                  split: str = "test", progress: bool = True) -> list[dict]:
     """Every ablation row x seed: per-seed rows and a mean +- std summary (CSV) beside the paper's numbers."""
-    methods = list(methods or ABLATION_ORDER)
+    methods = list(ABLATION_ORDER if methods is None else methods)
+    seeds = distinct_seeds(seeds)
+    if not methods:
+        raise ConfigError(f"no methods given; leave methods out for every ablation row ({', '.join(ABLATION_ORDER)})")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UnknownName(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")

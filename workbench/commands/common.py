@@ -49,8 +49,9 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars and no progress messages")
 
 
-def parse_list(text: str, option: str, kind: type = str) -> list:
-    """A comma-separated option value as a list of `kind`, or a ConfigError naming the option."""
+def parse_list(text: str, option: str, kind: type = str, distinct: bool = True) -> list:
+    """A comma-separated option value as a list of `kind`, or a ConfigError naming the option: an empty
+    list, an item that is not a `kind` and (`distinct`) a repeated item are refused."""
     items = [t.strip() for t in text.split(",") if t.strip()]
     try:
         values = [kind(t) for t in items]
@@ -60,4 +61,13 @@ def parse_list(text: str, option: str, kind: type = str) -> list:
                           f"{'0,1,2' if kind is int else '0.25,0.5' if kind is float else 'a,b'}") from None
     if not values:
         raise ConfigError(f"{option} is empty; give at least one value")
+    repeated = sorted({v for v in values if values.count(v) > 1}, key=values.index)
+    if distinct and repeated:
+        raise ConfigError(f"{option} {text!r} repeats {', '.join(map(str, repeated))}: each value counts once (a "
+                          f"repeated seed would count one run twice); give distinct values")
     return values
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds`: distinct integers, e.g. 0,1,2."""
+    return parse_list(text, "--seeds", int)

@@ -7,7 +7,8 @@ import json
 from dataclasses import replace
 
 from workbench.commands.common import add_quiet
-from workbench.config import apply_overrides, preset
+from workbench.config import METHODS, apply_overrides, preset
+from workbench.errors import ConfigError
 from workbench.runs import Run
 from workbench.weighting import shares
 
@@ -26,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = apply_overrides(preset(args.method, args.profile), [f"train.seed={args.seed}", *args.set])
+    if cfg.method != "robustseg":
+        valid = [m for m in METHODS if preset(m, args.profile).method == "robustseg"]
+        raise ConfigError(f"probe measures the gradient shares of RobustSeg's distillation terms (kd, cp, ifv); "
+                          f"--method {args.method} trains {cfg.method} (no such terms): choose one of {', '.join(valid)}")
     rule = Run.from_config(replace(cfg, distill=replace(cfg.distill, weighting="gradient_share")))
     lw = rule.loss_weights(progress=not args.quiet)
     configured = {"kd": cfg.distill.kd_weight, "cp": cfg.distill.cp_weight, "ifv": cfg.distill.ifv_weight}
