@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench import preflight
 from workbench.evaluate import CombinationResults
 from workbench.paths import figures_dir
 from workbench.runs import Run
@@ -75,6 +76,7 @@ def run_claims(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), overrid
     seeds = distinct_seeds(seeds)
     results: dict[tuple[str, str, int], CombinationResults] = {}
     shares: dict[tuple[str, int], dict] = {}
+    preflight.split(Run.of(ROWS[0], profile, seeds[0], overrides).config, split)  # before any training
     for seed in seeds:
         for row in ROWS:
             run = Run.of(row, profile, seed, overrides).ensure(progress)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench import preflight
 from workbench.analysis import combination_matrix as _combination_matrix
 from workbench.config import METHODS
 from workbench.errors import ConfigError, UnknownName
@@ -118,6 +119,7 @@ def run_compare(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), method
     seeds = distinct_seeds(seeds)
     results: dict[str, dict[int, CombinationResults]] = {m: {} for m in methods}
     per_seed = []
+    preflight.split(Run.of(methods[0], profile, seeds[0], overrides).config, split)  # before any training
     for seed in seeds:  # seed-major: a partial comparison already covers every method
         for method in methods:
             run = Run.of(method, profile, seed, overrides).ensure(progress)

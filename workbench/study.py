@@ -12,6 +12,7 @@ import math
 import statistics
 from pathlib import Path
 
+from workbench import preflight
 from workbench.config import METHODS, overrides_dict
 from workbench.errors import ConfigError, UnknownName
 from workbench.evaluate import CombinationResults, combo_name
@@ -61,6 +62,7 @@ def run_ablation(profile: str = "quick", seeds=(0, 1, 2), methods=None, override
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UnknownName(f"unknown method {unknown[0]!r}; valid: {', '.join(METHODS)}")
+    preflight.split(Run.of(methods[0], profile, seeds[0], overrides).config, split)  # before any training
     per_seed = []
     for seed in seeds:  # seed-major: a partial study already covers every row
         for method in methods:
@@ -120,6 +122,7 @@ def run_sweep(method: str, profile: str, grid: dict[str, list], seed: int = 0, s
     """Grid search of config values on the validation split (tuning never looks at test)."""
     keys = list(grid)
     rows = []
+    preflight.split(Run.of(method, profile, seed, overrides).config, split)  # before any training
     for values in itertools.product(*(grid[k] for k in keys)):
         setting = dict(zip(keys, values))
         run = Run.of(method, profile, seed, {**_as_dict(overrides), **setting}).ensure(progress)
