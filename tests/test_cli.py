@@ -266,3 +266,38 @@ def test_study_and_option_mistakes_are_refused_before_anything_is_trained(tmp_pa
             assert w in err, (argv, w, err)
         assert not runs.exists() and not (tmp_path / "new").exists(), f"{argv} made a folder before refusing"
     assert sorted(p.name for p in run.iterdir() if p.name.startswith("eval")) == [], "nothing was evaluated"
+
+
+def test_a_cached_train_says_it_reused_the_run(tmp_path, capsys, monkeypatch):
+    import datetime
+
+    from workbench.runs import Run
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    argv = ["train", "--preset", "tiny", "--eval-split", "none", *TINY]
+    assert main(argv) == 0
+    first = capsys.readouterr().err
+    assert "reused" not in first
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    (folder,) = (tmp_path / "runs" / "cache").iterdir()
+    stamp = datetime.datetime.fromtimestamp((folder / "final.pt").stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    assert f"reused {folder.name} (trained {stamp})" in err and "epoch 1/1" not in err
+    assert Run.at(folder).name == folder.name
+
+
+def test_presets_lists_the_loss_settings_a_profile_changes(capsys):
+    """The README says `presets` states quick's distill.asm_stage=all; every such setting is listed,
+    found by comparing each profile with the paper's defaults (not from a hand-written list)."""
+    from workbench.config import PROFILES, Config
+
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    default = Config().distill
+    for name, make in PROFILES.items():
+        stage = make().distill.asm_stage
+        line = f"  {name:<7} distill.asm_stage = {stage}"
+        assert (line in out) == (stage != default.asm_stage), (name, out)
+    assert "  quick   distill.asm_stage = all" in out
+    assert main(["presets", "--show", "hpd", "--profile", "quick"]) == 0
+    assert "# the quick profile sets distill.asm_stage=all" in capsys.readouterr().err
