@@ -355,6 +355,8 @@ class Config(_Checked):
             d["model"].pop("arch")
         if self.model.arch != "cmnext":
             d["model"].pop("cmnext_public_residual")
+        else:  # the RGB branch's LayerNorm eps became the public 1e-5 (was timm's 1e-6): older runs retrain
+            d["model"]["cmnext_rgb_ln_eps"] = 1e-5
         if self.model.arch != "magic":
             d["model"].pop("magic_mlp_ratio")
             d.pop("magic")
