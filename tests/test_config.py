@@ -81,3 +81,4 @@ def test_one_coercion_rule_for_set_and_config_files(tmp_path, capsys):
     from_set = capsys.readouterr().err
     assert "train.epochs=1e+308 must be an integer" in from_file and "train.epochs='1e308' must be an integer" in from_set
     assert not (tmp_path / "run").exists()
+

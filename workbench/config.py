@@ -366,6 +366,8 @@ class Config(_Checked):
             d["data"]["synthetic_version"] = VERSION
             if self.data.pipeline is None:  # the synthetic data has one pipeline: naming it changes nothing
                 d["data"].pop("pipeline")
+        elif self.data.dataset == "mcubes" and self.data.pipeline in (None, "reference"):
+            d["data"]["label_resize"] = "opencv"  # its labels follow OpenCV's nearest rule now: older runs retrain
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
