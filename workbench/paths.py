@@ -26,6 +26,15 @@ def figures_dir() -> Path:
     return Path(os.environ.get("WORKBENCH_FIGURES", REPO_ROOT / "figures")).expanduser()
 
 
+def notebook_figures_dir() -> Path:
+    """Where a notebook's figures and tables go (`workbench.plotting.Figures`): WORKBENCH_FIGURES when it is
+    set, which the notebook suite does for its kernels (to `figures_dir()`), else `runs/figures`. So only
+    the suite (or whoever sets WORKBENCH_FIGURES) writes the committed figures; a notebook run by hand in
+    JupyterLab writes under runs/, which git ignores."""
+    env = os.environ.get("WORKBENCH_FIGURES")
+    return Path(env).expanduser() if env else runs_dir() / "figures"
+
+
 def check_name(key: str, value: str) -> str:
     """`value` if it is a safe name (`SAFE_NAME`), else a ConfigError that names `key` and the rule."""
     if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):

@@ -18,7 +18,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from workbench.paths import figures_dir
+from workbench.paths import notebook_figures_dir
 from workbench.tables import Table, markdown_table, write_csv
 
 MODALITY_COLOURS = {"rgb": "#d62728", "depth": "#1f77b4", "event": "#2ca02c", "lidar": "#9467bd"}
@@ -38,13 +38,15 @@ PNG_METADATA: dict[str, str | None] = {}
 
 
 class Figures:
-    """A notebook's figures and tables under `figures/<profile>/<notebook>/`, with an index for the report.
+    """A notebook's figures and tables under `<root>/<profile>/<notebook>/`, with an index for the report.
+    The root is `paths.notebook_figures_dir()`: `figures/` when the notebook suite runs the notebook,
+    `runs/figures/` when it is run by hand (the committed figures are never overwritten from JupyterLab).
 
     Creating it starts a fresh index (a re-run lists only what it saved); files are overwritten."""
 
     def __init__(self, notebook: str, profile: str, root: str | Path | None = None, dpi: int = 130):
         self.notebook, self.profile, self.dpi = notebook, profile, dpi
-        self.dir = Path(root or figures_dir()) / profile / notebook
+        self.dir = Path(root or notebook_figures_dir()) / profile / notebook
         self.dir.mkdir(parents=True, exist_ok=True)
         self.entries: list[dict] = []
         self._write_index()
