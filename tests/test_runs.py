@@ -134,6 +134,7 @@ def test_a_read_only_run_can_be_evaluated(tmp_path, read_only, capsys):
     held = run.evaluation("val", protocols=("zero",))  # cached in the run before it became read-only
     before = sorted(p.name for p in run.dir.rglob("*"))
     read_only(run.dir)
+    capsys.readouterr()  # the training's log lines
     out = tmp_path / "tables"
     assert main(["evaluate", str(run.dir), "--split", "test", "--out", str(out), "--quiet"]) == 0, \
         capsys.readouterr().err
