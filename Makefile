@@ -31,15 +31,10 @@ smoke: $(STAMP)
 
 # The classroom app (notebooks/09_classroom.ipynb) served by Voila on 127.0.0.1:$(DEMO_PORT): first the runs it
 # shows (the quick runs `make suite` caches; else a reduced quick run is trained here, with progress bars).
+# Idle kernels are culled; SIGINT / SIGTERM stop it cleanly, with or without a terminal (workbench/demo.py).
 DEMO_PORT ?= 8866
 demo: $(STAMP)
-	@$(PY) -c "from workbench.logs import setup_logging; setup_logging(); \
-	from workbench.sliders import prepare_classroom; print('[make] runs:', prepare_classroom())"
-	@KERNELS=$$($(PY) -c "from workbench.suite import ensure_kernel; from workbench.paths import runs_dir; \
-	ensure_kernel(); print(runs_dir() / 'suite' / 'jupyter')") && \
-	echo "[make] classroom app: http://127.0.0.1:$(DEMO_PORT)/ (open it in a browser; Ctrl-C stops it)" && \
-	JUPYTER_PATH=$$KERNELS $(PY) -m voila notebooks/09_classroom.ipynb --no-browser --Voila.ip=127.0.0.1 \
-	  --port=$(DEMO_PORT) --Voila.port_retries=0 --progressive_rendering=True
+	@$(PY) -m workbench.demo --port $(DEMO_PORT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check workbench tests

@@ -267,6 +267,8 @@ def drive_classroom(root: Path, profile: str, screenshot: Path) -> dict:
                                    r".filter(e => /mIoU: \d/.test(e.textContent)).length == 2", timeout=300_000)
             assert page.locator(".jp-CodeCell .jp-InputArea, .jp-InputArea-editor, .cm-editor").count() == 0
             assert "classroom_runs" not in page.inner_text("body"), "the page shows no code"
+            body = page.inner_text("body")
+            assert "Still images" not in body and "papermill" not in body, "the page shows no suite text"
             assert "classes:" in page.locator(".wb-legend").inner_text()
             shown0 = _shown(page, models)
             page.locator(".wb-toggle-rgb").click()  # RGB off

@@ -5,6 +5,7 @@ files are written atomically with the user's umask, without leftovers, and with 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -250,3 +251,197 @@ def test_import_mit_names_a_workbench_checkpoint(trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is a workbench checkpoint" in err and "evaluate" in err and "distill.teacher" in err
     assert "truncated" not in err and "\x1b[" not in err and not (tmp_path / "w.pth").exists()
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC after `room` bytes, as a full disk's would (torch.save reports it
+    as a RuntimeError "enforce fail at inline_container.cc", the OSError only as its context)."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_disk_full_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
+    """The second epoch's last.pt hits a full disk inside torch.save: one error line that names the file and
+    says the previous checkpoint is intact; it is, and resuming from it gives the uninterrupted run."""
+    real_fdopen, writes = os.fdopen, []
+
+    def fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        if ".last.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+            writes.append(fd)
+            if len(writes) == 2:
+                return _FullDisk(f, room=4096)
+        return f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    run = tmp_path / "run"
+    over = ["--set", "data.train_samples=8", "--set", "data.val_samples=4", "--set", "train.epochs=2",
+            "--eval-split", "none", "--quiet"]
+    assert main(["train", "--preset", "tiny", "--out", str(run), *over]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left on the device while writing") and err.count("\n") == 1, err
+    assert str(run / "last.pt") in err and "the previous checkpoint last.pt is intact" in err
+    assert "Traceback" not in err and "inline_container" not in err
+    assert load_checkpoint(run / "last.pt")["epoch"] == 0 and not (run / "final.pt").exists()
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")], "no temp file is left"
+    monkeypatch.undo()
+    assert main(["train", "--preset", "tiny", "--out", str(run), "--resume", *over]) == 0
+    assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "ref"), *over]) == 0
+    a, b = load_checkpoint(run / "final.pt")["model"], load_checkpoint(tmp_path / "ref" / "final.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run equals the uninterrupted one"
+
+
+def test_the_lock_message_gives_the_advice_that_fits_the_run(tmp_path, capsys):
+    """A cached run is reused by the same command; a `train --out DIR` run needs --resume (the same command
+    would refuse a folder that holds a run)."""
+    import fcntl
+
+    from workbench.checkpoint import run_lock
+    from workbench.errors import RunLocked
+    from workbench.runs import cache_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        argv = ["train", "--preset", "tiny", "--out", str(out), "--quiet", "--eval-split", "none"]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: the run {out} is being written by") and err.count("\n") == 1
+        assert f"`train --out {out} --resume`" in err and "the same command then" not in err
+    cached = cache_dir(_tiny())
+    cached.mkdir(parents=True)
+    with open(cached / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(RunLocked, match="the same command then reuses or resumes the run"), run_lock(cached):
+            pass
+
+
+class CallsSystem:
+    """Unpickles as a call of os.system (torch 2.14 words this refusal differently from other globals)."""
+
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_a_refused_checkpoint_names_the_object_in_each_of_torchs_wordings(trained, tmp_path):
+    import functools
+
+    state = load_checkpoint(trained / "final.pt")
+    for payload, name in ((CallsSystem(), os.system.__module__ + ".system"), (functools.partial(print, 1),
+                                                                               "functools.partial")):
+        torch.save({**state, "notes": payload}, tmp_path / "evil.pt")
+        with pytest.raises(CheckpointError, match=rf"pickled Python object \({name}\) that would run code"):
+            load_checkpoint(tmp_path / "evil.pt")
+
+
+def _resaved(src: Path, dst: Path, weights=None, **meta) -> Path:
+    """The safetensors file `src` written again with other weights and/or header entries (None drops one)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    header = {k: v for k, v in {**header, **meta}.items() if v is not None}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_file(weights(tensors) if weights else tensors, str(dst), metadata=header)
+    return dst
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.int32, torch.float64])
+def test_safetensors_weights_of_another_dtype_are_refused(trained, tmp_path, capsys, dtype):
+    """Before, a model whose weights were cast (here: every tensor) was evaluated as if nothing happened."""
+    cast = _resaved(trained / "model.safetensors", tmp_path / "cast" / "model.safetensors",
+                    weights=lambda w: {k: v.to(dtype) if v.is_floating_point() else v for k, v in w.items()})
+    with pytest.raises(CheckpointError, match=rf"do not have the model's dtypes: .*checkpoint {str(dtype)[6:]} vs "
+                                              rf"float32"):
+        load_model(cast)
+    assert main(["evaluate", str(cast), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the checkpoint's tensors do not have the model's dtypes") and err.count("\n") == 1
+
+
+def test_each_kind_of_unusable_checkpoint_gets_its_own_message(trained, tmp_path, capsys):
+    import pickle
+
+    state = load_checkpoint(trained / "final.pt")
+    cases = {}
+    # a pickle that is not a zip archive is not "truncated or corrupt"
+    torch.save(state, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    with open(tmp_path / "pickled.pt", "wb") as f:
+        pickle.dump({"model": {}}, f)
+    for name in ("legacy.pt", "pickled.pt"):
+        cases[name] = (tmp_path / name, ["is a plain pickle file", "torch.save(state, path)"])
+    # a folder is not "does not exist"
+    cases["folder"] = (trained, [f"{trained} is a folder, not a checkpoint file", f"give {trained / 'final.pt'}"])
+    # a list-shaped config.json beside a safetensors file without a config in its header names the file
+    shared = tmp_path / "shared"
+    _resaved(trained / "model.safetensors", shared / "model.safetensors", config=None)
+    (shared / "config.json").write_text("[1, 2]")
+    cases["config list"] = (shared / "model.safetensors", [f"{shared / 'config.json'} holds a JSON list"])
+    # a modality the dataset does not have, in the header
+    odd = _resaved(trained / "model.safetensors", tmp_path / "odd" / "model.safetensors",
+                   modalities='["rgb", "depth", "event", "thermal"]')
+    cases["modality"] = (odd, ["'thermal' is not a modality of its dataset synthetic", "rgb, depth, event, lidar"])
+    for what, (path, words) in cases.items():
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(path) if what == "folder" else load_model(path)
+        for w in words:
+            assert w in str(e.value), (what, w, str(e.value))
+        assert "truncated or corrupt" not in str(e.value) and "does not exist" not in str(e.value), what
+    # folders given for a file on the command line: a config, pretrained weights
+    assert main(["train", "--config", str(trained)]) == 2
+    assert capsys.readouterr().err == f"error: --config {trained} is a folder, not a config file; give " \
+                                      f"{trained / 'config.json'}\n"
+    assert main(["train", "--preset", "tiny", "--set", f"model.weights={tmp_path}", "--out", str(tmp_path / "w"),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: weights {tmp_path} is a folder, not a weights file") and err.count("\n") == 1
+
+
+def test_a_config_file_that_is_not_an_object_names_the_file(tmp_path, capsys):
+    (tmp_path / "list.json").write_text('["name", "baseline"]')
+    (tmp_path / "typo.json").write_text('{"trian": {}}')
+    assert main(["train", "--config", str(tmp_path / "list.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --config {tmp_path / 'list.json'} holds a JSON list, not a config object")
+    assert main(["train", "--config", str(tmp_path / "typo.json")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --config {tmp_path / 'typo.json'}: unknown config key trian")
+
+
+def test_safetensors_files_are_byte_identical_for_the_same_weights(trained, tmp_path):
+    """safetensors writes its header's metadata in hash-map order; the workbench sorts it, so two identical
+    runs (or two saves of one) give the same bytes, and the file still loads the same weights."""
+    from safetensors import safe_open
+
+    from workbench.checkpoint import save_weights
+
+    state = load_checkpoint(trained / "final.pt")
+    meta = (state["config"], state["classes"], state["modalities"])
+    files = [save_weights(tmp_path / f"{i}.safetensors", state["model"], "model", *meta).read_bytes()
+             for i in range(8)]
+    assert all(f == files[0] for f in files)
+    n = int.from_bytes(files[0][:8], "little")
+    header = json.loads(files[0][8:8 + n])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"]) and (8 + n) % 8 == 0
+    with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
+        assert f.metadata()["which"] == "model" and json.loads(f.metadata()["config"]) == json.loads(json.dumps(state["config"]))
+    loaded = load_model(tmp_path / "0.safetensors").state_dict()
+    assert all(torch.equal(loaded[k], state["model"][k]) for k in state["model"])
+    assert (trained / "model.safetensors").read_bytes() == files[0], "train wrote the same bytes"

@@ -216,3 +216,88 @@ def test_tensorboard_logging_writes_events_beside_the_jsonl(tmp_path):
     assert [e.step for e in events.Scalars("val/emm")] == [r["step"] for r in records.val]
     cfg = preset("tiny")
     assert apply_overrides(cfg, {"train.log": "tensorboard"}).hash() == cfg.hash(), "logging is not the run's identity"
+
+
+def test_study_and_option_mistakes_are_refused_before_anything_is_trained(tmp_path, capsys, monkeypatch):
+    """Issue 20's command lines: tracebacks (`--set foo` in the studies, `claims --seeds a,b`, `probe --method
+    baseline`), silent defaults (repeated seeds, empty lists, an ignored --rates) and late failures
+    (`data.case=snow`, `sweep --split train2`). Each is one error line, before any run folder exists."""
+    import sys
+
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--out", str(run), "--quiet", "--eval-split", "none", *TINY]) == 0
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("WORKBENCH_RUNS", str(runs))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    capsys.readouterr()
+    tiny = ["--profile", "tiny", "--seeds", "0"]
+    cases = [  # (argv, exit status, words the message must hold)
+        (["ablate", *tiny, "--set", "foo"], 2, ["override 'foo' must look like section.key=value"]),
+        (["compare", *tiny, "--set", "foo"], 2, ["override 'foo' must look like section.key=value"]),
+        (["claims", *tiny, "--set", "foo"], 2, ["override 'foo' must look like section.key=value"]),
+        (["calibrate", *tiny, "--set", "foo"], 2, ["override 'foo' must look like section.key=value"]),
+        (["sweep", "--profile", "tiny", "--grid", "distill.cp_weight=1", "--set", "foo"], 2, ["override 'foo'"]),
+        (["claims", "--profile", "tiny", "--seeds", "a,b"], 2, ["--seeds 'a,b' must be a comma-separated list of "
+                                                                 "integers"]),
+        (["claims", "--profile", "tiny", "--seeds", ""], 2, ["--seeds is empty"]),
+        (["compare", "--profile", "tiny", "--seeds=-1,-1"], 2, ["--seeds '-1,-1' repeats -1", "distinct"]),
+        (["ablate", "--profile", "tiny", "--seeds", "0,1,0"], 2, ["repeats 0"]),
+        (["compare", *tiny, "--methods", ""], 2, ["--methods is empty"]),
+        (["ablate", *tiny, "--methods", ""], 2, ["--methods is empty"]),
+        (["calibrate", *tiny, "--subsets", ""], 2, ["--subsets is empty"]),
+        (["probe", "--method", "baseline", "--profile", "tiny"], 2, ["--method baseline trains supervised",
+                                                                      "robustseg"]),
+        (["probe", "--method", "cmnext", "--profile", "tiny"], 2, ["--method cmnext"]),
+        (["evaluate", str(run), "--protocol", "drop", "--rates", "7"], 2, ["--rates applies to --protocol rmm"]),
+        (["evaluate", str(run), "--protocol", "both", "--levels", "low"], 2, ["--levels applies to --protocol nm"]),
+        (["evaluate", str(run), "--protocol", "zero", "--seed", "3"], 2, ["--seed applies to --protocol rmm or nm"]),
+        (["evaluate", str(run), "--protocol", "rmm", "--rates", "0.5,0.5"], 2, ["--rates '0.5,0.5' repeats 0.5"]),
+        (["train", "--preset", "tiny", "--set", "data.case=snow"], 2, ["data.case='snow'", "valid"]),
+        (["train", "--preset", "robustseg", "--profile", "tiny", "--set", "data.case=snow"], 2, ["data.case='snow'"]),
+        (["train", "--preset", "tiny", "--set", "train.log=tensorboard"], 2, ["pip install -e .[tensorboard]"]),
+        (["train", "--preset", "tiny", "--set", "data.case=snow", "--out", str(tmp_path / "new")], 2, ["snow"]),
+        (["sweep", "--profile", "tiny", "--grid", "distill.cp_weight=1", "--split", "train2"], 2,
+         ["unknown split 'train2' for synthetic", "train, val, test"]),
+    ]
+    for argv, status, words in cases:
+        assert main([*argv, "--quiet"]) == status, argv
+        err = _no_traceback(capsys.readouterr().err)
+        for w in words:
+            assert w in err, (argv, w, err)
+        assert not runs.exists() and not (tmp_path / "new").exists(), f"{argv} made a folder before refusing"
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("eval")) == [], "nothing was evaluated"
+
+
+def test_a_cached_train_says_it_reused_the_run(tmp_path, capsys, monkeypatch):
+    import datetime
+
+    from workbench.runs import Run
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    argv = ["train", "--preset", "tiny", "--eval-split", "none", *TINY]
+    assert main(argv) == 0
+    first = capsys.readouterr().err
+    assert "reused" not in first
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    (folder,) = (tmp_path / "runs" / "cache").iterdir()
+    stamp = datetime.datetime.fromtimestamp((folder / "final.pt").stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    assert f"reused {folder.name} (trained {stamp})" in err and "epoch 1/1" not in err
+    assert Run.at(folder).name == folder.name
+
+
+def test_presets_lists_the_loss_settings_a_profile_changes(capsys):
+    """The README says `presets` states quick's distill.asm_stage=all; every such setting is listed,
+    found by comparing each profile with the paper's defaults (not from a hand-written list)."""
+    from workbench.config import PROFILES, Config
+
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    default = Config().distill
+    for name, make in PROFILES.items():
+        stage = make().distill.asm_stage
+        line = f"  {name:<7} distill.asm_stage = {stage}"
+        assert (line in out) == (stage != default.asm_stage), (name, out)
+    assert "  quick   distill.asm_stage = all" in out
+    assert main(["presets", "--show", "hpd", "--profile", "quick"]) == 0
+    assert "# the quick profile sets distill.asm_stage=all" in capsys.readouterr().err

@@ -48,3 +48,37 @@ def test_a_baseline_hash_ignores_unused_distillation_weights():
     """The ablation's baseline row and a student's teacher are the same cached run."""
     for profile in ("tiny", "quick", "paper"):
         assert preset("baseline", profile).hash() == preset("robustseg", profile).teacher_config().hash()
+
+
+def test_one_coercion_rule_for_set_and_config_files(tmp_path, capsys):
+    """`--set train.epochs=1e3` was refused while a --config JSON number 1e308 trained until killed: every
+    route now follows one rule (an integer field takes integers only)."""
+    import json
+
+    from workbench.cli import main
+
+    cfg = preset("tiny")
+    for value in ("1e3", 1e308, 10.0, "10.0", 1e3, float("inf")):
+        with pytest.raises(ConfigError, match="train.epochs=.* must be an integer, written without a decimal point"):
+            apply_overrides(cfg, {"train.epochs": value})
+        with pytest.raises(ConfigError, match="must be an integer"):
+            Config.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": value}})
+    for value in (3, "3", " 3 ", "+3"):
+        assert apply_overrides(cfg, {"train.epochs": value}).train.epochs == 3
+    import numpy as np
+
+    assert apply_overrides(cfg, {"train.seed": np.int64(2)}).train.seed == 2
+    assert apply_overrides(cfg, {"train.lr": "1e-2"}).train.lr == apply_overrides(cfg, {"train.lr": 1e-2}).train.lr == 0.01
+    with pytest.raises(ConfigError, match="train.lr=.* must be"):
+        apply_overrides(cfg, {"train.lr": 10**400})
+    # the command line: the same error line from --set and from a config file
+    d = json.loads(cfg.to_json())
+    d["train"]["epochs"] = 1e308
+    (tmp_path / "cfg.json").write_text(json.dumps(d))
+    assert main(["train", "--config", str(tmp_path / "cfg.json"), "--out", str(tmp_path / "run")]) == 2
+    from_file = capsys.readouterr().err
+    assert main(["train", "--preset", "tiny", "--set", "train.epochs=1e308", "--out", str(tmp_path / "run")]) == 2
+    from_set = capsys.readouterr().err
+    assert "train.epochs=1e+308 must be an integer" in from_file and "train.epochs='1e308' must be an integer" in from_set
+    assert not (tmp_path / "run").exists()
+

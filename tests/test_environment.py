@@ -39,3 +39,28 @@ def test_ci_runs_make_test_and_readme_shows_both_commands():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "make suite" in readme and "make test" in readme
+
+
+def test_every_package_the_workbench_imports_is_declared():
+    """A module imported by workbench/ comes from a package named in pyproject.toml (and so, by the test
+    above, in environment.yml), not only as a dependency of another package (safetensors and mistune did)."""
+    import ast
+    import importlib.metadata
+    import sys
+
+    imported = set()
+    for path in (ROOT / "workbench").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    imported -= set(sys.stdlib_module_names) | {"workbench"}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {_name(d) for d in project["dependencies"]}
+    declared |= {_name(d) for extra in project["optional-dependencies"].values() for d in extra}
+    providers = importlib.metadata.packages_distributions()
+    missing = {m: providers.get(m) for m in imported
+               if not {_name(p) for p in providers.get(m, [m])} & declared}
+    assert not missing, f"imported by workbench/ but not declared in pyproject.toml: {missing}"
+    assert {"safetensors", "mistune"} <= declared

@@ -187,14 +187,28 @@ def test_muses_reference_squashes_like_pillow_and_keeps_the_0_255_scale():
 
 
 # ---------------------------------------------------------------- MCubeS
+def cv2_nearest_loop(a: np.ndarray, oh: int, ow: int) -> np.ndarray:
+    """cv2.resize(a, (ow, oh), interpolation=INTER_NEAREST) written as a loop from OpenCV's resize.cpp:
+    resize() sets inv_scale_x = (double)dsize.width / ssize.width; resizeNN takes ifx = 1. / inv_scale_x and
+    reads source column min(cvFloor(x * ifx), ssize.width - 1) (rows alike), all in double precision."""
+    h, w = a.shape[:2]
+    ifx, ify = 1.0 / (ow / w), 1.0 / (oh / h)
+    out = np.empty((oh, ow) + a.shape[2:], a.dtype)
+    for y in range(oh):
+        sy = min(math.floor(y * ify), h - 1)
+        for x in range(ow):
+            out[y, x] = a[sy, min(math.floor(x * ifx), w - 1)]
+    return out
+
+
 def cv2_resize(a: np.ndarray, oh: int, ow: int, nearest: bool = False) -> np.ndarray:
     """cv2.resize(a, (ow, oh)) with INTER_LINEAR (half-pixel centres, coordinates clamped at the borders)
-    or INTER_NEAREST (source index floor(dst * in / out)), written out."""
+    or INTER_NEAREST (`cv2_nearest_loop`), written out."""
+    if nearest:
+        return cv2_nearest_loop(a, oh, ow)
     h, w = a.shape[:2]
 
     def axis(n_in, n_out):
-        if nearest:
-            return np.minimum(np.floor(np.arange(n_out) * (n_in / n_out)).astype(int), n_in - 1), None
         f = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
         i0 = np.floor(f).astype(int)
         frac = f - i0
@@ -204,8 +218,6 @@ def cv2_resize(a: np.ndarray, oh: int, ow: int, nearest: bool = False) -> np.nda
         return i0, frac
 
     (ys, fy), (xs, fx) = axis(h, oh), axis(w, ow)
-    if nearest:
-        return a[ys][:, xs]
     y1, x1 = np.minimum(ys + 1, h - 1), np.minimum(xs + 1, w - 1)
     fy, fx = fy[:, None], fx[None, :]
     if a.ndim == 3:
@@ -291,6 +303,34 @@ def test_mcubes_reference_train_pipeline_end_to_end():
     assert padded  # short sides below the crop were drawn
 
 
+def test_mcubes_labels_are_resized_by_opencvs_nearest_rule():
+    """OpenCV's INTER_NEAREST takes the scale's inverse in two double roundings; PyTorch's `nearest` uses
+    in / out in single precision. They pick neighbouring source pixels at some exact-integer points
+    (e.g. 14 -> 18 pixels); the MCubeS reference pipeline resizes labels by OpenCV's rule."""
+    from workbench.data.transforms import _resize, opencv_nearest_index
+
+    differs = 0
+    for n_in, n_out in [(14, 18), (12, 34), (21, 27), (1024, 517), (1032, 1553), (7, 7), (30, 8), (1, 5)]:
+        idx = opencv_nearest_index(n_in, n_out).numpy()
+        assert np.array_equal(idx, cv2_nearest_loop(np.arange(n_in)[None], 1, n_out)[0]), (n_in, n_out)
+        torch_idx = F.interpolate(torch.arange(n_in).float()[None, None, None], size=(1, n_out), mode="nearest")
+        differs += int((torch_idx[0, 0, 0].long().numpy() != idx).any())
+    assert differs >= 3, "the sizes above include ones where the two rules differ"
+    label = torch.from_numpy(np.random.default_rng(0).integers(0, 20, (14, 21)))
+    got = _resize({"label": label, "meta": {}}, (18, 27), label_rule="opencv")["label"]
+    assert np.array_equal(got.numpy(), cv2_nearest_loop(label.numpy(), 18, 27))
+    assert not torch.equal(got, _resize({"label": label, "meta": {}}, (18, 27))["label"])
+    # both MCubeS resizes use it: the scale crop at every short side the training draws here, and evaluation
+    for seed in range(40):
+        ours, ref = mcubes_sample(14, 21, seed)
+        out = build_transform("mcubes", "train", 16, pipeline="reference")(ours, torch.Generator().manual_seed(seed))
+        expected = reference_mcubes_train(ref, torch.Generator().manual_seed(seed), 16, 16)["label"]
+        assert np.array_equal(out["label"].numpy(), expected), seed
+    ours, ref = mcubes_sample(14, 21, 0)
+    out = build_transform("mcubes", "val", None, pipeline="reference", eval_size=18)(ours, torch.Generator())
+    assert np.array_equal(out["label"].numpy(), cv2_nearest_loop(ref["label"], 18, 27)[:, 4:22])
+
+
 def test_mcubes_blur_kernel_size_is_opencvs():
     assert [opencv_gaussian_size(s) for s in (0.01, 0.2, 0.5, 0.99)] == [1, 3, 5, 9]
 
@@ -349,3 +389,41 @@ def test_reference_pipelines_feed_every_evaluation(tmp_path, name):
     assert len(rmm.cms) == 2 ** len(ds.modalities) - 1 and int(nm.cms["high"].sum()) == pixels
     if name == "deliver":
         assert "lidarjitter" in res.format_breakdown("drop", by="case")
+
+
+def _reference_crop_shift_rate(h: int, w: int, size: int, steps: int = 150_001) -> float:
+    """The share of DeLiVER's reference random resized crops that draw the out-of-range offset margin + 1 on
+    at least one axis (offsets uniform in 0..margin + 1), over r ~ U(0.5, 2) on a fine grid."""
+    rates = []
+    for r in np.linspace(0.5, 2.0, steps):
+        target = (int(size * r), int(size * 4 * r))
+        f = min(max(target) / max(h, w), min(target) / min(h, w))
+        mh, mw = max(int(h * f + 0.5) - size, 0), max(int(w * f + 0.5) - size, 0)
+        rates.append(1 - (1 - 1 / (mh + 2)) * (1 - 1 / (mw + 2)))
+    return float(np.mean(rates))
+
+
+def test_the_reference_differences_in_datasets_md_are_the_measured_ones():
+    """docs/DATASETS.md's figures: the DeLiVER crop offset (1042 x 1042 images, 1024 crops) and the MCubeS
+    label pixels whose source differs between PyTorch's and OpenCV's nearest (1024 x 1032, short side
+    256..1024 as the reference trains at 512)."""
+    from pathlib import Path
+
+    from workbench.data.transforms import opencv_nearest_index
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "DATASETS.md").read_text()
+    docs = " ".join(docs.split())
+    shift = _reference_crop_shift_rate(1042, 1042, 1024)
+    assert f"it shifts {100 * shift:.1f}% of the crops" in docs
+
+    def torch_index(n_in, n_out):
+        return F.interpolate(torch.arange(n_in).float()[None, None, None], size=(1, n_out), mode="nearest")[0, 0, 0]
+
+    h, w, moved = 1024, 1032, []
+    for s in range(256, 1025):
+        oh, ow = s, int(1.0 * w * s / h)
+        fy = (opencv_nearest_index(h, oh) != torch_index(h, oh).long()).double().mean().item()
+        fx = (opencv_nearest_index(w, ow) != torch_index(w, ow).long()).double().mean().item()
+        moved.append(1 - (1 - fy) * (1 - fx))
+    assert f"{100 * np.mean(moved):.2f}% of the label pixels" in docs
+    assert f"up to {100 * max(moved):.1f}% at one scale" in docs

@@ -67,3 +67,26 @@ def test_saving_the_same_figure_twice_gives_identical_bytes(tmp_path):
     assert {"line.png", "line.pdf", "line.csv", "tab.md", "page.html", "index.json"} <= set(names)
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), f"{name} differs between two saves"
+
+
+def test_only_the_suite_writes_the_committed_figures(tmp_path, monkeypatch):
+    """A notebook run by hand (no WORKBENCH_FIGURES in its kernel) writes under runs/figures; the suite sets
+    WORKBENCH_FIGURES for its kernels to figures/ (before, notebook 06 run in JupyterLab overwrote
+    tracked files under figures/quick/)."""
+    from workbench import suite
+    from workbench.paths import REPO_ROOT, figures_dir, notebook_figures_dir, runs_dir
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("WORKBENCH_FIGURES")
+    tracked = REPO_ROOT / "figures" / "quick" / "06_sliders"
+    before = {p.name: p.stat().st_mtime_ns for p in tracked.iterdir()} if tracked.exists() else {}
+    figs = P.Figures("06_sliders", "quick")
+    assert figs.dir == runs_dir() / "figures" / "quick" / "06_sliders" == tmp_path / "runs" / "figures" / "quick" / \
+        "06_sliders"
+    figs.table([{"a": 1}], "state_miou")
+    assert (figs.dir / "state_miou.csv").exists()
+    assert ({p.name: p.stat().st_mtime_ns for p in tracked.iterdir()} if tracked.exists() else {}) == before
+    # the suite: its kernels (which inherit its environment) write to figures_dir()
+    monkeypatch.setattr(suite, "ensure_kernel", lambda threads=None: "python3")
+    suite.run_suite([], tmp_path / "notebooks", tmp_path / "executed", "tiny")
+    assert notebook_figures_dir() == figures_dir() == REPO_ROOT / "figures"

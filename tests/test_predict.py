@@ -169,3 +169,55 @@ def test_evaluate_every_protocol_on_the_replica_deliver_tree(deliver_tree, capsy
     assert "RMM r=0.5" in out and "Expectation_p0.2" in out and "NM (seed 0" in out
     assert main(["evaluate", str(ckpt), "--case", "rain", "--protocol", "drop", "--quiet"]) == 0  # the test scene
     assert "(rain)" in capsys.readouterr().out
+
+
+def test_bad_counts_and_an_out_file_are_one_clear_line(synthetic_ckpt, tmp_path, capsys):
+    """`--limit -1` wrote empty CSVs with exit 0, `--batch-size 0` fell back to the run's, and an `--out` that
+    names a file ended in a traceback; each is now refused before the model is loaded."""
+    (tmp_path / "file").write_text("x")
+    cases = [(["--limit", "-1"], ["--limit -1 must be a whole number of at least 1"]),
+             (["--limit", "0"], ["--limit 0 must be"]),
+             (["--batch-size", "0"], ["--batch-size 0 must be", "the run's batch size"]),
+             (["--out", str(tmp_path / "file")], [f"{tmp_path / 'file'} is a file, not a folder"])]
+    for extra, words in cases:
+        argv = ["predict", str(synthetic_ckpt), "--input", "test", "--out", str(tmp_path / "pred"), *extra, "--quiet"]
+        assert cli_main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+        assert all(w in err for w in words), (extra, err)
+        assert not (tmp_path / "pred").exists()
+
+
+def test_what_the_input_may_be_is_said_the_same_way_everywhere(synthetic_ckpt, deliver_tree, tmp_path):
+    """A synthetic-trained checkpoint reads split names only: the folder, file and missing-input messages all
+    say so (one used to offer "a folder laid out like synthetic")."""
+    root, ckpt = deliver_tree
+    (tmp_path / "file.png").write_bytes(b"x")
+    (tmp_path / "folder").mkdir()
+    messages = []
+    for source in (tmp_path / "folder", tmp_path / "file.png", tmp_path / "missing"):
+        with pytest.raises((CheckpointError, DataError, MissingFile)) as e:
+            predict(synthetic_ckpt, source, tmp_path / "o", progress=False)
+        messages.append(str(e.value))
+    for m in messages:
+        assert "give a split name of its synthetic benchmark (test, val, train); a checkpoint trained on the " \
+               "synthetic benchmark reads no folder" in m and "laid out like synthetic" not in m, m
+    with pytest.raises(MissingFile, match="give a folder laid out like deliver \\(its dataset\\), or a split name"):
+        predict(ckpt, tmp_path / "missing", tmp_path / "o", progress=False)
+
+
+def test_predictions_come_with_a_colour_legend(synthetic_ckpt, tmp_path):
+    from workbench.plotting import legend_image
+
+    out = tmp_path / "pred"
+    predict(synthetic_ckpt, "test", out, limit=1, progress=False)
+    ds = DATASETS["synthetic"]
+    legend = np.asarray(Image.open(out / "legend.png").convert("RGB"))
+    assert np.array_equal(legend, legend_image(ds.classes, ds.palette))
+    colours = _colours(out / "legend.png")
+    assert {tuple(c) for c in ds.palette} <= colours, "every class colour has its swatch"
+    # the legend is drawn row by row, a swatch per class in class order
+    for i, colour in enumerate(ds.palette):
+        assert tuple(legend[2 + i * 16 + 6, 6]) == tuple(colour)
+    panel = np.asarray(Image.open(out / "RDEL" / "test_000000_inputs.png").convert("RGB"))
+    assert panel.shape[1] > legend.shape[1] and np.array_equal(panel[:legend.shape[0], -legend.shape[1]:], legend)

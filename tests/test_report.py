@@ -124,3 +124,36 @@ def test_headline_falls_back_to_the_combination_summary(tmp_path):
     rows, source = report.headline_rows("smoke", report._entries("smoke", [], tmp_path), tmp_path)
     assert rows == [{"method": "baseline", "full": "41.00", "EMM drop": "20.00", "EMM zero": "13.00"}]
     assert source == "smoke/03_combinations/summary.csv"
+
+
+def test_the_summary_states_its_conclusion_from_the_numbers(report_root, monkeypatch):
+    """One sentence says what the headline table shows; it is computed from the saved table (other numbers,
+    another sentence), never written in advance."""
+    monkeypatch.setattr(report, "git_commit", lambda: "abc123")
+    md = report.write_report(_outcomes(report_root), "smoke", root=report_root)["md"].read_text()
+    summary = md.split("# Details")[0]
+    assert ("**Conclusion:** on the smoke profile, drop protocol (mean over 2 seeds), robustseg is the most robust "
+            "to missing sensors: its EMM is 34.50 against the baseline's 20.00 (+14.50 points), while its "
+            "full-modality mIoU moves -0.50 (40.50 vs 41.00).") in summary
+    assert summary.index("**Conclusion:**") < summary.index("| method |"), "the conclusion comes first"
+    ab = Figures("02_ablations", "smoke", root=report_root)  # other numbers: the baseline stays ahead
+    ab.table([{"method": m, "protocol": "drop", "seeds": 1, "emm_mean": emm, "full_mean": 40.0}
+              for m, emm in (("baseline", 25.0), ("hpd", 24.0), ("robustseg", 22.5))], "ablation_table")
+    md = report.write_report(_outcomes(report_root), "smoke", root=report_root)["md"].read_text()
+    assert ("**Conclusion:** on the smoke profile, drop protocol (one seed), no distilled method beats the "
+            "baseline's EMM of 25.00; the best, hpd, reaches 24.00.") in md
+
+
+def test_the_summary_figures_are_full_width_with_their_own_sentences(report_root, monkeypatch):
+    """Three figures side by side were thumbnails too small to read at 1400 pixels; each now has a line of
+    its own, at the page's width, under its one sentence (no caption naming another figure)."""
+    monkeypatch.setattr(report, "git_commit", lambda: "abc123")
+    paths = report.write_report(_outcomes(report_root), "smoke", root=report_root)
+    summary = paths["md"].read_text().split("# Details")[0]
+    images = [line for line in summary.splitlines() if "![" in line]
+    assert len(images) == 3 and all(line.startswith("![") for line in images), images
+    assert "| ![" not in summary and "(or the paper's claims" not in summary
+    assert "**3. Teacher before / after feedback (drop).** The teacher before and after feedback, per " \
+           "combination. (07_feedback; details below)" in summary
+    html = paths["html"].read_text()
+    assert "td img{max-width" not in html and "img{max-width:100%}" in html

@@ -92,3 +92,62 @@ def test_corrupt_last_checkpoint_says_what_to_delete(tmp_path):
     run.checkpoint.write_bytes(b"")
     with pytest.raises(CheckpointError, match=rf"delete {last}"):
         Run.from_config(_tiny(), tmp_path / "run").ensure(progress=False)
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """`read_only(folder)`: writes into `folder` fail with EROFS, as on a read-only mount (the tests run as
+    root, for whom a chmod changes nothing)."""
+    import errno
+    import os
+    from pathlib import Path
+
+    folders = []
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def blocked(path) -> bool:
+        p = Path(os.fsdecode(path)).resolve()
+        return any(p == f or p.is_relative_to(f) for f in folders)
+
+    def fake_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and blocked(path):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def fake_mkdir(path, *args, **kwargs):
+        if blocked(path):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "mkdir", fake_mkdir)
+    return lambda folder: folders.append(Path(folder).resolve())
+
+
+def test_a_read_only_run_can_be_evaluated(tmp_path, read_only, capsys):
+    """The evaluation cache falls back to --out (or to the runs folder); without --out the tables have
+    nowhere to go and the one error line says to give --out; an entry the run already holds is read."""
+    from workbench.cli import main
+    from workbench.paths import runs_dir
+
+    run = Run.from_config(_tiny(), tmp_path / "run").ensure(progress=False)
+    held = run.evaluation("val", protocols=("zero",))  # cached in the run before it became read-only
+    before = sorted(p.name for p in run.dir.rglob("*"))
+    read_only(run.dir)
+    capsys.readouterr()  # the training's log lines
+    out = tmp_path / "tables"
+    assert main(["evaluate", str(run.dir), "--split", "test", "--out", str(out), "--quiet"]) == 0, \
+        capsys.readouterr().err
+    assert {p.name.split("-")[0] for p in (out / "eval").iterdir()} == {"combos"}
+    assert (out / "combos_test_model.csv").exists()
+    assert main(["evaluate", str(run.dir), "--split", "test", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write the tables into the run's folder {run.dir}") and "--out DIR" in err
+    assert err.count("\n") == 1 and "WORKBENCH_RUNS" not in err
+    # the library: a new entry goes to the user's runs folder, an existing one is read where it is
+    again = Run.at(run.dir)
+    res = again.evaluation("test", protocols=("drop",))
+    assert [p.parent.parent.name for p in (runs_dir() / "eval-cache").rglob("*.json")] == ["eval-cache"]
+    assert res.full("drop") == again.evaluation("test", protocols=("drop",)).full("drop")
+    assert again.evaluation("val", protocols=("zero",)).summary("zero") == held.summary("zero")
+    assert sorted(p.name for p in run.dir.rglob("*")) == before, "nothing was written into the run"

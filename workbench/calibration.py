@@ -32,10 +32,11 @@ import torch
 
 from workbench.config import apply_overrides, preset
 from workbench.data import synthetic as syn
-from workbench.errors import UnknownName
+from workbench.errors import ConfigError, UnknownName
 from workbench.evaluate import CombinationResults, combo_name
 from workbench.losses import asm_primary, asm_similarity
 from workbench.runs import Run
+from workbench.stats import distinct_seeds
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,10 @@ def calibrate(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), subsets:
     them on the test split, and compare the profile with DeLiVER's. `overrides` apply to every config
     (e.g. `{"data.size": 128}`)."""
     t0 = time.perf_counter()
-    subsets = list(subsets or SUBSETS)
+    subsets = list(SUBSETS if subsets is None else subsets)
+    seeds = distinct_seeds(seeds)
+    if not subsets:
+        raise ConfigError(f"no subsets given; leave subsets out for all of {', '.join(SUBSETS)}")
     unknown = [s for s in subsets if s not in SUBSETS]
     if unknown:
         raise UnknownName(f"unknown subset {unknown[0]!r}; valid: {', '.join(SUBSETS)}")

@@ -29,11 +29,15 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from workbench.errors import CheckpointError, ConfigError, RunLocked, storage_error
-from workbench.paths import REPO_ROOT
+from workbench.paths import REPO_ROOT, runs_dir
+
+if TYPE_CHECKING:
+    from workbench.config import Config
 
 try:
     import fcntl
@@ -123,9 +127,21 @@ def atomic_write_bytes(path: str | Path, write_fn) -> None:
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and (clear := storage_error(e, path)) is not None:
+        cause = _os_error(e)  # torch.save wraps a failed write in a RuntimeError ("enforce fail at inline_container")
+        if cause is not None and (clear := storage_error(cause, path)) is not None:
             raise clear from e
         raise
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+    """`e` itself or the OSError it was raised from or while handling (its `__cause__` / `__context__`)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -151,12 +167,22 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
             who = f"process {holder[0]}" + (f" on {holder[1]}" if len(holder) > 1 else "") if holder else \
                 "another process"
             raise RunLocked(f"the run {run_dir} is being written by {who} (lock {path}); wait until it finishes "
-                            f"(the same command then reuses or resumes the run) or stop that process") from None
+                            f"({_after_lock(run_dir)}) or stop that process") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         yield path
     finally:
         os.close(fd)  # releases the lock
+
+
+def _after_lock(run_dir: Path) -> str:
+    """What to run once the holder of a run's lock has finished: a cached run is reused or resumed by the
+    same command; a run in a folder of the user's (`train --out DIR`) is continued with --resume."""
+    cache = (runs_dir() / "cache").resolve()
+    if run_dir.resolve().is_relative_to(cache):
+        return "the same command then reuses or resumes the run"
+    return (f"then `train --out {run_dir} --resume` continues it if it stopped early, or --force trains it again "
+            f"from scratch")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,8 +226,22 @@ def save_weights(path: str | Path, weights: dict[str, torch.Tensor], which: str,
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}  # no shared storage
     header = {"format": "pt", "workbench": "1", "which": which, "config": json.dumps(config, sort_keys=True),
               "classes": json.dumps(list(classes)), "modalities": json.dumps(list(modalities))}
-    atomic_write_bytes(path, lambda f: f.write(save(tensors, metadata=header)))
+    atomic_write_bytes(path, lambda f: f.write(_sorted_header(save(tensors, metadata=header))))
     return path
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """A safetensors file with its header's metadata in sorted key order: safetensors writes the metadata
+    from a hash map, in an order that changes from one call to the next, so the same weights would give
+    different bytes. The layout (8-byte little-endian header length, JSON header padded with spaces to a
+    multiple of 8, then the tensor data) and the tensors' offsets are unchanged."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def _plain_message(e: BaseException) -> str:
@@ -234,9 +274,22 @@ def checkpoint_problem(path: str | Path) -> str | None:
     return f"{bad} fails its CRC check" if bad else None
 
 
+def _plain_pickle(path: Path) -> bool:
+    """Whether `path` is a pickle stream (protocol 2 or later, which starts with PROTO) rather than a zip
+    archive: damage does not turn a zip archive into one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and not zipfile.is_zipfile(path)
+
+
 def _refused(path: Path, e: BaseException) -> CheckpointError:
     text = _ANSI.sub("", str(e))
-    m = re.search(r"Unsupported global: GLOBAL (\S+?)(?: was|\s|$)", text)
+    # torch names the object in several wordings: "Unsupported global: GLOBAL x.y was not an allowed global",
+    # "Trying to load unsupported GLOBAL posix.system whose module posix is blocked" (2.14), "... but got <class 'x'>"
+    m = re.search(r"GLOBAL ([A-Za-z_][\w.]*)", text) or re.search(r"got <class '([^']+)'>", text)
     what = m[1] if m else next((line.split("error:", 1)[1].strip() for line in text.splitlines()
                                 if "WeightsUnpickler error:" in line), "an object other than tensors and plain values")
     return CheckpointError(
@@ -267,6 +320,9 @@ def _load_safetensors(path: Path) -> dict:
             state["config"] = json.loads(config_json.read_text())
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{config_json} is not valid JSON ({e})") from None
+        if not isinstance(state["config"], dict):
+            raise CheckpointError(f"{config_json} holds a JSON {type(state['config']).__name__}, not a config "
+                                  f"object ({{\"name\": ..., \"data\": {{...}}, ...}}); copy the run's own config.json")
     return state
 
 
@@ -283,12 +339,22 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     that is missing, truncated, damaged, holds pickled objects or lacks what a workbench checkpoint holds
     (`REQUIRED`) is a CheckpointError that names it and says what to do."""
     path = Path(path)
+    if path.is_dir():
+        inside = [n for n in ("final.pt", "model.safetensors", "last.pt") if (path / n).is_file()]
+        hint = f"give {path / inside[0]}" if inside else "it holds no final.pt, last.pt or model.safetensors"
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file; {hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; train one with `python -m workbench train` "
                               f"or pass the path printed at the end of a run")
     if path.suffix == ".safetensors":
         state = _load_safetensors(path)
     else:
+        if _plain_pickle(path):
+            raise CheckpointError(
+                f"checkpoint {path} is a plain pickle file (written by pickle.dump, or by torch.save with "
+                f"_use_new_zipfile_serialization=False), not torch's zip archive: the workbench reads only zip "
+                f"checkpoints, whose contents it can check before loading. If you trust the file, load it in "
+                f"Python and save it again with torch.save(state, path)")
         problem = checkpoint_problem(path)
         if problem:
             raise _damaged(path, problem)
@@ -307,6 +373,20 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
             f"{path} is not a workbench checkpoint: it lacks {', '.join(map(repr, missing))} (a run's final.pt or "
             f"last.pt holds {', '.join(REQUIRED)}). Pretrained encoder weights are given as model.weights=FILE")
     return state
+
+
+def checkpoint_config(state: dict, source) -> Config:
+    """The `Config` a loaded checkpoint holds, or a CheckpointError that names `source` (the file)."""
+    from workbench.config import Config
+
+    raw = state.get("config")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{source}: its config is a JSON {type(raw).__name__}, not a config object; use the "
+                              f"run's own checkpoint (its config.json beside it holds the config)")
+    try:
+        return Config.from_dict(raw)
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: its config is not valid here ({e})") from None
 
 
 def non_finite(state_dict: dict) -> list[str]:
@@ -339,12 +419,28 @@ def describe_mismatches(target: dict, state_dict: dict, target_name: str = "mode
     return "; ".join(p for p in parts if p)
 
 
+def dtype_mismatches(target: dict, state_dict: dict) -> list[str]:
+    """`key: checkpoint DTYPE vs model DTYPE` for each tensor of `state_dict` whose dtype differs from the
+    same tensor of `target` (load_state_dict would cast it silently: integers or float16 for float32)."""
+    return [f"{k}: checkpoint {str(state_dict[k].dtype).removeprefix('torch.')} vs "
+            f"{str(v.dtype).removeprefix('torch.')}" for k, v in target.items()
+            if k in state_dict and torch.is_tensor(state_dict[k]) and state_dict[k].dtype != v.dtype]
+
+
 def load_state_strict(module: torch.nn.Module, state_dict: dict, what: str = "model") -> None:
-    """load_state_dict(strict=True) with an error that lists what does not match."""
-    problems = describe_mismatches(module.state_dict(), state_dict, what)
+    """load_state_dict(strict=True) with an error that lists what does not match: names and shapes, and
+    dtypes (a weight is never cast on the way in)."""
+    target = module.state_dict()
+    problems = describe_mismatches(target, state_dict, what)
     if problems:
         raise CheckpointError(f"the checkpoint does not match the {what}: {problems}. Build the model "
                               f"from the checkpoint's own config (its 'config' entry / config.json)")
+    cast = dtype_mismatches(target, state_dict)
+    if cast:
+        raise CheckpointError(f"the checkpoint's tensors do not have the {what}'s dtypes: {', '.join(cast[:3])}"
+                              f"{', ...' if len(cast) > 3 else ''} ({len(cast)} of {len(target)} tensors). The workbench "
+                              f"writes its weights unconverted (float32); these were cast, which loses or destroys "
+                              f"them: use the run's own final.pt or model.safetensors")
     module.load_state_dict(state_dict, strict=True)
 
 

@@ -23,11 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workbench import preflight
 from workbench.evaluate import CombinationResults
 from workbench.methods import TERMS
 from workbench.paths import figures_dir
-from workbench.runs import Run, as_overrides
-from workbench.stats import paired, verdict
+from workbench.runs import Run, as_overrides, config_of
+from workbench.stats import distinct_seeds, paired, verdict
 from workbench.tables import write_csv
 
 log = logging.getLogger(__name__)
@@ -154,8 +155,10 @@ def run_claims(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), overrid
     """Train or reuse every row at every seed (seed-major: a partial study covers every row), evaluate
     them on `split`, and judge each claim under each protocol. Writes the CSVs (the verdicts, and the
     per-seed rows with each row's loss weights and gradient shares in `<out>_seeds.csv`)."""
+    seeds = distinct_seeds(seeds)
     needed = {n.partition(":")[0] for c in claims for n in (c.a, c.b)}
     rows = [r for r in rows if r.key in needed or r.key in dict(LAMBDA_LINE).values()]
+    preflight.split(config_of(rows[0].preset, profile, seeds[0], overrides), split)  # before any training
     results: dict[tuple[str, str, int], CombinationResults] = {}
     extra: dict[tuple[str, int], dict] = {}
     for seed in seeds:

@@ -29,13 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench import preflight
 from workbench.analysis import combination_matrix as _combination_matrix
 from workbench.config import PRESETS
-from workbench.errors import UnknownName
+from workbench.errors import ConfigError, UnknownName
 from workbench.evaluate import CombinationResults
 from workbench.paths import figures_dir
-from workbench.runs import Run
-from workbench.stats import paired_ci
+from workbench.runs import Run, config_of
+from workbench.stats import distinct_seeds, paired_ci
 from workbench.tables import write_csv
 
 log = logging.getLogger(__name__)
@@ -109,13 +110,16 @@ def run_compare(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), method
     """Train or reuse every method x seed, evaluate it on `split` (cached) and summarize. Writes the summary
     to `out` (default figures/compare_<profile>.csv) and the per-seed rows beside it (`*_seeds.csv`).
     `overrides` (`--set` style, a list or a dict) apply to every method, e.g. a data root."""
-    methods = tuple(methods or MAIN_ORDER)
+    methods = tuple(MAIN_ORDER if methods is None else methods)
+    if not methods:
+        raise ConfigError(f"no methods given; leave methods out for the paper's rows ({', '.join(MAIN_ORDER)})")
     unknown = [m for m in methods if m not in PRESETS]
     if unknown:
         raise UnknownName(f"unknown method {unknown[0]!r}; valid: {', '.join(PRESETS)}")
-    seeds = tuple(int(s) for s in seeds)
+    seeds = distinct_seeds(seeds)
     results: dict[str, dict[int, CombinationResults]] = {m: {} for m in methods}
     per_seed = []
+    preflight.split(config_of(methods[0], profile, seeds[0], overrides), split)  # before any training
     for seed in seeds:  # seed-major: a partial comparison already covers every method
         for method in methods:
             run = Run.of(method, profile, seed, overrides).ensure(progress)

@@ -17,6 +17,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -53,9 +55,10 @@ from workbench.options import (
     Weighting,
     check_device,
 )
+from workbench.paths import check_name
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "DistillConfig", "MagicConfig", "ConfigError",
-           "PROFILES", "PRESETS", "TUNED", "CONVENTIONS", "preset", "apply_overrides"]
+           "PROFILES", "PRESETS", "TUNED", "CONVENTIONS", "preset", "apply_overrides", "overrides_dict"]
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
@@ -309,6 +312,8 @@ class Config(_Checked):
     magic: MagicConfig = field(default_factory=MagicConfig)
 
     def check(self) -> None:
+        check_name("name", self.name)  # both name the run's folder (workbench.runs.cache_dir)
+        check_name("profile", self.profile)
         if self.distill.enabled and self.model.arch != "segformer":
             trained = "with MAGIC's own objective" if self.model.arch == "magic" else "supervised"
             raise ConfigError(f"distill.enabled=True needs model.arch='segformer' (students and teachers are "
@@ -379,6 +384,8 @@ class Config(_Checked):
             d["model"].pop("arch")
         if self.model.arch != "cmnext":
             d["model"].pop("cmnext_public_residual")
+        else:  # the RGB branch's LayerNorm eps became the public 1e-5 (was timm's 1e-6): older runs retrain
+            d["model"]["cmnext_rgb_ln_eps"] = 1e-5
         if self.model.arch != "magic":
             d["model"].pop("magic_mlp_ratio")
             d.pop("magic")
@@ -388,6 +395,8 @@ class Config(_Checked):
             d["data"]["synthetic_version"] = VERSION
             if self.data.pipeline is None:  # the synthetic data has one pipeline: naming it changes nothing
                 d["data"].pop("pipeline")
+        elif self.data.dataset == "mcubes" and self.data.pipeline in (None, "reference"):
+            d["data"]["label_resize"] = "opencv"  # its labels follow OpenCV's nearest rule now: older runs retrain
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -421,17 +430,19 @@ def _coerce(key: str, typ: Any, value: Any) -> Any:
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{key}={value!r} must be a boolean (true/false)")
     if typ in (int, float):
+        # One rule for every route (--set text, a --config JSON number, a Python value): an integer field
+        # takes integers only, written without a decimal point or exponent (10, not 10.0, 1e1 or 1e308).
         if isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be {'an integer' if typ is int else 'a number'}")
-        if typ is int and isinstance(value, str) and not value.strip().lstrip("-").isdigit():
-            raise ConfigError(f"{key}={value!r} must be an integer")
+        if typ is int:
+            if isinstance(value, numbers.Integral) or (isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value)):
+                return int(value)
+            raise ConfigError(f"{key}={value!r} must be an integer, written without a decimal point or exponent "
+                              f"(e.g. {key}=10)")
         try:
-            out = typ(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}={value!r} must be {'an integer' if typ is int else 'a number'}") from None
-        if typ is int and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{key}={value!r} must be an integer")
-        return out
+            return float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"{key}={value!r} must be a number") from None
     if typ is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r} must be a string")
@@ -456,7 +467,7 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any] | None) -
     """A new config with `section.key=value` overrides (CLI `--set`) applied and checked."""
     if not overrides:
         return cfg
-    items = overrides.items() if isinstance(overrides, dict) else [split_override(o) for o in overrides]
+    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
     d = cfg.to_dict()
     for key, value in items:
         node, parts = d, key.split(".")
@@ -472,7 +483,17 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any] | None) -
     return Config.from_dict(d)
 
 
-def split_override(item: str) -> tuple[str, str]:
+def overrides_dict(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """`--set`-style overrides (a list of `section.key=value`, or a dict) as a dict, each item checked as
+    `apply_overrides` checks it (a ConfigError for an item without `=`)."""
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    return dict(_split(str(o)) for o in overrides)
+
+
+def _split(item: str) -> tuple[str, str]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=5")
     k, v = item.split("=", 1)

@@ -72,7 +72,8 @@ def storage_error(e: OSError, path) -> StorageError | None:
             free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free in {folder}"
         except OSError:
             free = str(folder)
-        kept = f"the previous {path.name} is untouched" if path.exists() else "nothing was written"
+        what = "checkpoint" if path.suffix in (".pt", ".safetensors") else "file"
+        kept = f"the previous {what} {path.name} is intact" if path.exists() else "nothing was written"
         return StorageError(f"no space left on the device while writing {path} ({free}); {kept}. Free some space "
                             f"or write the runs elsewhere (WORKBENCH_RUNS=DIR, or train --out DIR)")
     if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):

@@ -18,7 +18,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from workbench.paths import figures_dir
+from workbench.paths import notebook_figures_dir
 from workbench.tables import Table, markdown_table, write_csv
 
 MODALITY_COLOURS = {"rgb": "#d62728", "depth": "#1f77b4", "event": "#2ca02c", "lidar": "#9467bd"}
@@ -38,13 +38,15 @@ PNG_METADATA: dict[str, str | None] = {}
 
 
 class Figures:
-    """A notebook's figures and tables under `figures/<profile>/<notebook>/`, with an index for the report.
+    """A notebook's figures and tables under `<root>/<profile>/<notebook>/`, with an index for the report.
+    The root is `paths.notebook_figures_dir()`: `figures/` when the notebook suite runs the notebook,
+    `runs/figures/` when it is run by hand (the committed figures are never overwritten from JupyterLab).
 
     Creating it starts a fresh index (a re-run lists only what it saved); files are overwritten."""
 
     def __init__(self, notebook: str, profile: str, root: str | Path | None = None, dpi: int = 130):
         self.notebook, self.profile, self.dpi = notebook, profile, dpi
-        self.dir = Path(root or figures_dir()) / profile / notebook
+        self.dir = Path(root or notebook_figures_dir()) / profile / notebook
         self.dir.mkdir(parents=True, exist_ok=True)
         self.entries: list[dict] = []
         self._write_index()
@@ -157,6 +159,22 @@ def tile_images(images: Sequence[np.ndarray], captions: Sequence[str] = (), scal
             x += t.shape[1] + gap
         canvas = np.asarray(im)
     return canvas
+
+def legend_image(classes: Sequence[str], palette, swatch: int = 12) -> np.ndarray:
+    """The colour legend of a class palette as an image: one row per class, its colour swatch and its name
+    (PIL's built-in font); (H, W, 3) uint8, white background."""
+    from PIL import Image, ImageDraw
+
+    row = swatch + 4
+    width = swatch + 10 + 7 * max(len(str(c)) for c in classes)
+    im = Image.new("RGB", (width, row * len(classes) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(im)
+    for i, (name, colour) in enumerate(zip(classes, palette)):
+        y = 2 + i * row
+        draw.rectangle([2, y, 2 + swatch - 1, y + swatch - 1], fill=tuple(int(c) for c in colour), outline=(0, 0, 0))
+        draw.text((swatch + 6, y + 1), str(name), fill=(0, 0, 0))
+    return np.asarray(im)
+
 
 def _off(ax) -> None:
     ax.set_xticks([])

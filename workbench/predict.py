@@ -12,7 +12,10 @@ first, then each subset asked for), in `OUT/<subset>/` (`RDEL`, `RD`, ...):
 - `<sample>_prediction.png`: the predicted classes in the dataset's palette, at the evaluation resolution;
 - `<sample>_error.png` (labelled samples): white correct, red wrong, grey unlabelled;
 - `<sample>_inputs.png`: the inputs side by side as the model received them (a left-out modality black),
-  then the label.
+  then the label, the prediction and the colour legend.
+
+`OUT/legend.png` is the palette's legend (class name beside each colour); the prediction PNGs themselves
+hold only palette colours, so they can be read back as class maps.
 
 `OUT/per_sample.csv` holds each sample's mIoU per subset (the `present` convention of one sample: the
 mean over classes in its label or prediction, docs/METHOD.md "mIoU and its two conventions") and
@@ -39,13 +42,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from workbench.checkpoint import ensure_folder
 from workbench.data import DATASETS, Collate, dataset_from_config, denormalize
 from workbench.data.real import RealDataset
 from workbench.data.transforms import IGNORE_INDEX, RGB_KEYS
-from workbench.errors import CheckpointError, DataError, MissingFile, UnknownName
+from workbench.errors import CheckpointError, ConfigError, DataError, MissingFile, UnknownName
 from workbench.evaluate import combo_name, confusion_matrix, miou
 from workbench.options import Protocol, Which, check
-from workbench.plotting import colorize, error_image, modality_image, save_png, tile_images
+from workbench.plotting import colorize, error_image, legend_image, modality_image, save_png, tile_images
 from workbench.samples import error_map, predict_subsets
 from workbench.tables import write_csv
 
@@ -126,10 +130,8 @@ def _folder_dataset(cfg, data_cfg, root: Path, split: str | None):
     cls = DATASETS[name]
     if not issubclass(cls, RealDataset):
         other = _layout_of(root)
-        hint = f"{root} is laid out like {other}: give a checkpoint trained on {other}" if other else \
-            f"give a synthetic split name ({', '.join(SPLITS)}) as the input"
-        raise CheckpointError(f"the checkpoint was trained on the synthetic benchmark, which has no folder to read "
-                              f"({root}); {hint}")
+        hint = f"; {root} is laid out like {other}: predict it with a checkpoint trained on {other}" if other else ""
+        raise CheckpointError(f"input {root} is a folder; give {_accepted(cfg)}{hint}")
     other = _layout_of(root)
     if other is not None and other != name:
         raise CheckpointError(f"{root} is laid out like {other}, but the checkpoint was trained on {name} "
@@ -145,6 +147,15 @@ def _folder_dataset(cfg, data_cfg, root: Path, split: str | None):
         except DataError as e:
             problems.append(f"{s}: {str(e).splitlines()[0]}")
     raise DataError(f"no split of {root} can be read as {name} ({cls.layout}):\n  " + "\n  ".join(problems))
+
+
+def _accepted(cfg) -> str:
+    """What `--input` may be for a checkpoint of `cfg` (the same words in every message)."""
+    splits = ", ".join(SPLITS)
+    if cfg.data.dataset == "synthetic":
+        return (f"a split name of its synthetic benchmark ({splits}); a checkpoint trained on the synthetic "
+                f"benchmark reads no folder")
+    return f"a folder laid out like {cfg.data.dataset} (its dataset), or a split name ({splits}) of its data.root"
 
 
 def _dataset(cfg, modalities, source, split: str | None):
@@ -164,10 +175,8 @@ def _dataset(cfg, modalities, source, split: str | None):
             return _dataset(cfg, modalities, cfg.data.root, text)
         return dataset_from_config(data_cfg, text, augment=False), text, f"synthetic {text} split"
     if path.exists():
-        raise DataError(f"input {path} is a file; give a folder laid out like {cfg.data.dataset} or a split name "
-                        f"({', '.join(SPLITS)})")
-    raise MissingFile(f"input {text!r} is neither a folder nor a split name; give a folder laid out like "
-                      f"{cfg.data.dataset} (the checkpoint's dataset) or one of {', '.join(SPLITS)}")
+        raise DataError(f"input {path} is a file; give {_accepted(cfg)}")
+    raise MissingFile(f"input {text!r} is neither a folder nor a split name; give {_accepted(cfg)}")
 
 
 def _header(path: Path) -> tuple[tuple[int, int], int, str]:
@@ -213,15 +222,22 @@ def _sample_name(meta: dict, split: str, index: int) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or f"{split}_{index:06d}"
 
 
-def _panel(inputs: dict, label, palette, subset, scale: int) -> np.ndarray:
+def _panel(inputs: dict, label, pred, palette, legend: np.ndarray, subset, scale: int) -> np.ndarray:
     tiles, captions = [], []
     for m, x in inputs.items():
         img = modality_image(x)
         tiles.append(img if m in subset else np.zeros_like(img))
         captions.append(m if m in subset else f"{m} (off)")
-    tiles.append(colorize(label, palette))
-    captions.append("label")
-    return tile_images(tiles, captions, scale=scale)
+    tiles += [colorize(label, palette), colorize(pred, palette)]
+    captions += ["label", "prediction"]
+    panel = tile_images(tiles, captions, scale=scale)
+    return tile_images([panel, _pad_to(legend, panel.shape[0])])
+
+
+def _pad_to(img: np.ndarray, height: int) -> np.ndarray:
+    """`img` with white rows below it up to `height` (taller images are left as they are)."""
+    extra = height - img.shape[0]
+    return np.concatenate([img, np.full((extra, *img.shape[1:]), 255, img.dtype)]) if extra > 0 else img
 
 
 def predict(checkpoint, input, out, modalities=None, protocol: Protocol = "drop", which: Which = "model",
@@ -244,6 +260,12 @@ def predict(checkpoint, input, out, modalities=None, protocol: Protocol = "drop"
 
     check("protocol", protocol, Protocol)
     check("which", which, Which)
+    for option, value, default in (("--limit", limit, "every sample"), ("--batch-size", batch_size,
+                                                                        "the run's batch size")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{option} {value!r} must be a whole number of at least 1 (leave {option} out for "
+                              f"{default})")
+    out = ensure_folder(out)  # before the model is loaded: a file in the way is one clear line
     run = Run.at(checkpoint)
     state = run.state()
     dev = resolve_device(device)
@@ -259,13 +281,14 @@ def predict(checkpoint, input, out, modalities=None, protocol: Protocol = "drop"
     n = len(ds) if limit is None else min(limit, len(ds))
     if n == 0:
         raise DataError(f"{source} has no samples to predict")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(Subset(ds, range(n)) if n < len(ds) else ds, batch_size=batch_size or run.config.data.batch_size,
                         collate_fn=Collate(ds.modalities), num_workers=0)
     names = {s: combo_name(s) for s in subsets}
     for s in subsets:
-        (out / names[s]).mkdir(exist_ok=True)
+        ensure_folder(out / names[s])
+    legend = legend_image(ds.classes, ds.palette)
+    if images:
+        save_png(out / "legend.png", legend)
     k = len(model_classes)
     cms = {s: torch.zeros(k, k, dtype=torch.long) for s in subsets}
     rows: list[dict] = []
@@ -296,7 +319,7 @@ def predict(checkpoint, input, out, modalities=None, protocol: Protocol = "drop"
                     save_png(folder / f"{name}_prediction.png", colorize(pred, ds.palette))
                     if labelled:
                         save_png(folder / f"{name}_error.png", error_image(error_map(pred, label)))
-                    save_png(folder / f"{name}_inputs.png", _panel(shown, label, ds.palette, s, scale))
+                    save_png(folder / f"{name}_inputs.png", _panel(shown, label, pred, ds.palette, legend, s, scale))
             rows.append(row)
             index += 1
     summary = []

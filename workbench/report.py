@@ -1,7 +1,8 @@
 """The suite's report: `figures/REPORT.md`, built once as Markdown, and `REPORT.html` converted from it.
 
-It opens with a one-screen summary (the headline table of EMM and full-modality mIoU per method, and
-the three figures that tell the story of modality bias), then the details: each notebook's status, every
+It opens with a summary (one sentence that states the conclusion, computed from the headline table of EMM
+and full-modality mIoU per method, then that table and the three figures that tell the story of modality
+bias, each at full width), then the details: each notebook's status, every
 table and figure the notebooks saved (`workbench.plotting.Figures` indexes under
 `figures/<profile>/<notebook>/`), the versions and the trained runs with their configs. It names the
 code's git commit and says plainly when the tree had uncommitted changes. Paths are relative to the
@@ -98,15 +99,16 @@ def _commit_line(commit: str) -> str:
 
 
 # The summary's three figures, in the order that tells the story of modality bias: where each combination
-# stands, what each modality adds, and what feedback did to the teacher. Each entry lists alternatives
-# (notebook, saved name), the first one present is shown.
-STORY: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    ("Every modality combination: a robust model keeps its colour in the rows without RGB (R).",
-     (("03_combinations", "combination_heatmap"),)),
-    ("What each modality adds to the full-modality mIoU (Shapley values): a biased model leans on few sensors.",
-     (("03_combinations", "shapley"),)),
-    ("The teacher before and after feedback, per combination (or the paper's claims, tested with paired seeds).",
-     (("07_feedback", "teacher_delta_drop"), ("08_claims", "claims"))),
+# stands, what each modality adds, and what feedback did to the teacher. Each is a list of alternatives
+# (notebook, saved name, the sentence under it); the first one present is shown, full width (side by side,
+# three figures at a third of a 1200-pixel page each were too small to read).
+STORY: tuple[tuple[tuple[str, str, str], ...], ...] = (
+    (("03_combinations", "combination_heatmap",
+      "Every modality combination: a robust model keeps its colour in the rows without RGB (R)."),),
+    (("03_combinations", "shapley",
+      "What each modality adds to the full-modality mIoU (Shapley values): a biased model leans on few sensors."),),
+    (("07_feedback", "teacher_delta_drop", "The teacher before and after feedback, per combination."),
+     ("08_claims", "claims", "The paper's claims, tested with paired seeds.")),
 )
 
 
@@ -120,40 +122,80 @@ def _fmt(mean, std=None) -> str:
     return f"{mean:.2f}" + (f" ± {std:.2f}" if isinstance(std, (int, float)) and std == std and std > 0 else "")
 
 
-def headline_rows(profile: str, entries: dict[str, list[dict]], root: Path) -> tuple[list[dict], str]:
-    """EMM and full-modality mIoU per method, one row per method, from the notebooks' saved tables: the
-    ablation table (02, every row, mean ± std over seeds) or else the combination summary (03).
-    Returns the rows and the file they were read from ("" when neither was saved)."""
+def _headline_source(profile: str, entries: dict[str, list[dict]], root: Path) -> tuple[Path, str] | None:
+    """The table the headline is read from: the ablation table (02) or else the combination summary (03)."""
     for notebook, name in (("02_ablations", "ablation_table"), ("03_combinations", "summary")):
         entry = _saved(entries, notebook, name)
         if entry is None or "csv" not in entry["files"]:
             continue
         path = root / profile / notebook / entry["files"]["csv"]
-        if not path.exists():
-            continue
-        by_method: dict[str, dict] = {}
-        for r in read_csv(path):
-            p = r["protocol"]
-            row = by_method.setdefault(r["method"], {"method": r["method"]})
-            if "emm_mean" in r:  # the ablation table: mean (± std) over seeds
-                row["full"] = _fmt(r["full_mean"], r.get("full_std"))
-                row[f"EMM {p}"] = _fmt(r["emm_mean"], r.get("emm_std"))
-                if "paper_emm" in r:
-                    row["paper EMM / full (DeLiVER)"] = f"{_fmt(r['paper_emm'])} / {_fmt(r['paper_full'])}"
-            else:
-                row["full"] = _fmt(r["full"])
-                row[f"EMM {p}"] = _fmt(r["emm"])
-        order = ["method", "full", "EMM drop", "EMM zero", "paper EMM / full (DeLiVER)"]
-        rows = [{k: row.get(k, "-") for k in order if any(k in x for x in by_method.values())}
-                for row in by_method.values()]
-        return rows, f"{profile}/{notebook}/{entry['files']['csv']}"
-    return [], ""
+        if path.exists():
+            return path, f"{profile}/{notebook}/{entry['files']['csv']}"
+    return None
+
+
+def headline_rows(profile: str, entries: dict[str, list[dict]], root: Path) -> tuple[list[dict], str]:
+    """EMM and full-modality mIoU per method, one row per method, from the notebooks' saved tables: the
+    ablation table (02, every row, mean ± std over seeds) or else the combination summary (03).
+    Returns the rows and the file they were read from ("" when neither was saved)."""
+    found = _headline_source(profile, entries, root)
+    if found is None:
+        return [], ""
+    path, source = found
+    by_method: dict[str, dict] = {}
+    for r in read_csv(path):
+        p = r["protocol"]
+        row = by_method.setdefault(r["method"], {"method": r["method"]})
+        if "emm_mean" in r:  # the ablation table: mean (± std) over seeds
+            row["full"] = _fmt(r["full_mean"], r.get("full_std"))
+            row[f"EMM {p}"] = _fmt(r["emm_mean"], r.get("emm_std"))
+            if "paper_emm" in r:
+                row["paper EMM / full (DeLiVER)"] = f"{_fmt(r['paper_emm'])} / {_fmt(r['paper_full'])}"
+        else:
+            row["full"] = _fmt(r["full"])
+            row[f"EMM {p}"] = _fmt(r["emm"])
+    order = ["method", "full", "EMM drop", "EMM zero", "paper EMM / full (DeLiVER)"]
+    rows = [{k: row.get(k, "-") for k in order if any(k in x for x in by_method.values())}
+            for row in by_method.values()]
+    return rows, source
+
+
+def conclusion(profile: str, entries: dict[str, list[dict]], root: Path) -> str:
+    """One sentence that states what the headline table shows, computed from it: under the drop protocol
+    (else the first one saved), the method with the highest EMM against the baseline, in EMM and in
+    full-modality mIoU. '' when there is no table or no baseline row."""
+    found = _headline_source(profile, entries, root)
+    if found is None:
+        return ""
+    rows = read_csv(found[0])
+    protocols = [r["protocol"] for r in rows]
+    protocol = "drop" if "drop" in protocols else (protocols[0] if protocols else None)
+    mean = "_mean" if rows and "emm_mean" in rows[0] else ""
+    scores = {r["method"]: (float(r[f"emm{mean}"]), float(r[f"full{mean}"]), int(r.get("seeds") or 1))
+              for r in rows if r["protocol"] == protocol}
+    if "baseline" not in scores or len(scores) < 2:
+        return ""
+    best = max((m for m in scores if m != "baseline"), key=lambda m: scores[m][0])
+    (emm, full, seeds), (b_emm, b_full, _) = scores[best], scores["baseline"]
+    over = f" (mean over {seeds} seeds)" if seeds > 1 else " (one seed)"
+    where = f"on the {profile} profile, {protocol} protocol{over}"
+    if emm <= b_emm:
+        return (f"**Conclusion:** {where}, no distilled method beats the baseline's EMM of {b_emm:.2f}; the best, "
+                f"{best}, reaches {emm:.2f}.")
+    cost = (f"while its full-modality mIoU moves {full - b_full:+.2f} ({full:.2f} vs {b_full:.2f})" if full < b_full
+            else f"without losing full-modality mIoU ({full:.2f} vs {b_full:.2f})")
+    return (f"**Conclusion:** {where}, {best} is the most robust to missing sensors: its EMM is {emm:.2f} against "
+            f"the baseline's {b_emm:.2f} ({emm - b_emm:+.2f} points), {cost}.")
 
 
 def summary_markdown(profile: str, entries: dict[str, list[dict]], root: Path) -> list[str]:
-    """The report's first screen: the headline table and the three figures of the story."""
+    """The report's first screen: the conclusion, the headline table and the three figures of the story,
+    each full width with its sentence."""
     md = ["## Summary", ""]
     rows, source = headline_rows(profile, entries, root)
+    said = conclusion(profile, entries, root)
+    if said:
+        md += [said, ""]
     if rows:
         md += ["EMM (mean mIoU over every modality combination) and full-modality mIoU (%), per method and "
                f"missing-modality protocol (`drop`: absent sensors are not encoded; `zero`: zeroed and encoded). "
@@ -161,18 +203,15 @@ def summary_markdown(profile: str, entries: dict[str, list[dict]], root: Path) -
     else:
         md += ["(no headline table: run notebooks 02 or 03)", ""]
     figures = []
-    for text, candidates in STORY:
-        for notebook, name in candidates:
+    for candidates in STORY:
+        for notebook, name, text in candidates:
             e = _saved(entries, notebook, name)
             if e is not None and e["kind"] == "figure":
                 figures.append((text, notebook, e))
                 break
-    if figures:  # side by side (a table row of images), each explained below
-        md += ["| " + " | ".join(f"{i}. {e['title']}" for i, (_, _, e) in enumerate(figures, 1)) + " |",
-               "|" + "---|" * len(figures),
-               "| " + " | ".join(f"![{e['title']}]({profile}/{nb}/{e['files']['png']})" for _, nb, e in figures) + " |",
-               ""]
-        md += [f"{i}. {text} ({notebook}; details below)" for i, (text, notebook, _) in enumerate(figures, 1)] + [""]
+    for i, (text, notebook, e) in enumerate(figures, 1):
+        md += [f"**{i}. {e['title']}.** {text} ({notebook}; details below)", "",
+               f"![{e['title']}]({profile}/{notebook}/{e['files']['png']})", ""]
     return md
 
 
@@ -221,7 +260,7 @@ def build_markdown(outcomes: Sequence, profile: str, root: Path, threads: int | 
 
 _STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}img{max-width:100%}"
           "table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
-          "pre{background:#f6f6f6;padding:0.5em;overflow-x:auto}td img{max-width:380px}")
+          "pre{background:#f6f6f6;padding:0.5em;overflow-x:auto}")
 
 
 def write_report(outcomes: Sequence, profile: str, root: Path | None = None, threads: int | None = None,

@@ -27,8 +27,9 @@ from typing import Any
 
 import torch
 
-from workbench.checkpoint import atomic_write_text, checkpoint_problem, load_checkpoint, run_lock
-from workbench.config import Config, apply_overrides, preset, split_override
+from workbench import evalcache
+from workbench.checkpoint import checkpoint_config, checkpoint_problem, load_checkpoint, run_lock
+from workbench.config import Config, apply_overrides, overrides_dict, preset
 from workbench.data import Collate, dataset_from_config
 from workbench.distributed import EpochSampler
 from workbench.errors import CheckpointError, MissingFile
@@ -38,7 +39,7 @@ from workbench.methods import robustseg as RS
 from workbench.models import load_model
 from workbench.models.build import checkpoint_path as resolve_checkpoint
 from workbench.options import Which
-from workbench.paths import runs_dir
+from workbench.paths import inside, runs_dir
 from workbench.protocols import robustness_protocol
 from workbench.records import Records, read_records
 from workbench.train import resolve_device, train
@@ -49,8 +50,10 @@ __all__ = ["Run", "cache_dir", "notebook_overrides", "as_overrides", "resolve_we
 
 
 def cache_dir(cfg: Config) -> Path:
-    """Where the run of `cfg` is cached: `runs/cache/<name>-<profile>-s<seed>-<config hash>`."""
-    return runs_dir() / "cache" / f"{cfg.name}-{cfg.profile}-s{cfg.train.seed}-{cfg.hash()}"
+    """Where the run of `cfg` is cached: `runs/cache/<name>-<profile>-s<seed>-<config hash>` (checked to stay
+    under `runs/cache`; `Config` already allows only safe names)."""
+    root = runs_dir() / "cache"
+    return inside(root, root / f"{cfg.name}-{cfg.profile}-s{cfg.train.seed}-{cfg.hash()}")
 
 
 def notebook_overrides(dataset: str | None = None, data_root: str | None = None, device: str = "auto",
@@ -65,12 +68,14 @@ def notebook_overrides(dataset: str | None = None, data_root: str | None = None,
 
 
 def as_overrides(overrides) -> dict:
-    """`--set`-style overrides (a dict, or `section.key=value` strings) as a dict."""
-    if not overrides:
-        return {}
-    if isinstance(overrides, dict):
-        return dict(overrides)
-    return dict(split_override(str(o)) for o in overrides)
+    """`--set`-style overrides (a dict, or `section.key=value` strings) as a dict (`config.overrides_dict`)."""
+    return overrides_dict(overrides)
+
+
+def config_of(method: str, profile: str = "quick", seed: int = 0, overrides=None) -> Config:
+    """The config of a method preset at a profile and seed with `--set`-style overrides, as given (its loss
+    weights not yet decided: `Run.of` opens its run)."""
+    return apply_overrides(preset(method, profile), {"train.seed": seed, **overrides_dict(overrides)})
 
 
 @dataclass(frozen=True)
@@ -80,13 +85,13 @@ class Run:
     config: Config
     dir: Path
     checkpoint_path: Path | None = None
+    eval_dir: Path | None = None  # where evaluations are cached when `dir` cannot be written (workbench.evalcache)
 
     # -- opening a run ----------------------------------------------------------------------------
     @classmethod
     def of(cls, method: str, profile: str = "quick", seed: int = 0, overrides=None, progress: bool = True) -> Run:
         """The cached run of a method preset at a profile and seed, with `--set`-style overrides."""
-        cfg = apply_overrides(preset(method, profile), {"train.seed": seed, **as_overrides(overrides)})
-        return cls.from_config(cfg, progress=progress)
+        return cls.from_config(config_of(method, profile, seed, overrides), progress=progress)
 
     @classmethod
     def from_config(cls, cfg: Config, directory: str | Path | None = None, progress: bool = True) -> Run:
@@ -105,7 +110,7 @@ class Run:
             raise MissingFile(f"checkpoint {checkpoint} does not exist; give a run folder that holds final.pt or the path of "
                               f"a checkpoint (train one with `python -m workbench train`)")
         state = load_checkpoint(checkpoint)
-        return cls(Config.from_dict(state["config"]), checkpoint.parent, checkpoint)
+        return cls(checkpoint_config(state, checkpoint), checkpoint.parent, checkpoint)
 
     # -- what it is -------------------------------------------------------------------------------
     @property
@@ -197,23 +202,20 @@ class Run:
                                            collate_fn=Collate(mods), num_workers=self.config.data.num_workers)
 
     def _cached(self, kind: str, key: dict, compute, load, dump=lambda res: res.state()):
-        """A result computed once from this run's checkpoint, then read from `eval/` beside it. The entry
+        """A result computed once from this run's checkpoint, then read from `eval/` beside it (or, when the
+        run's folder cannot be written, from `eval_dir` or the user's cache: `workbench.evalcache`). The entry
         names the checkpoint it was computed from, so a retrained run is evaluated again; an unreadable
         entry is reported and computed again; entries are written atomically."""
         self._require()
         stat = self.checkpoint.stat()
         source = {"checkpoint": self.checkpoint.name, "mtime_ns": stat.st_mtime_ns, "size": stat.st_size}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-        path = self.dir / "eval" / f"{kind}-{key['split']}-{key['which']}-{digest}.json"
-        if path.exists():
-            try:
-                entry = json.loads(path.read_text())
-                if entry["key"] == key and entry["source"] == source:
-                    return load(entry["results"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                log.warning("evaluation cache %s is unreadable (%s); computing it again", path, e)
-        res = compute()
-        atomic_write_text(path, json.dumps({"key": key, "source": source, "results": dump(res)}))
+        name = f"{kind}-{key['split']}-{key['which']}-{digest}.json"
+        folders = [self.dir / "eval", self.eval_dir or evalcache.fallback_dir(self.dir)]
+        res = evalcache.read(folders, name, key, source, load)
+        if res is None:
+            res = compute()
+            evalcache.write(folders, name, {"key": key, "source": source, "results": dump(res)})
         return res
 
     def evaluation(self, split: str = "test", which: Which = "model", protocols=("zero", "drop"),

@@ -20,9 +20,22 @@ from dataclasses import dataclass
 
 from workbench.errors import ConfigError
 
-__all__ = ["PairedDiff", "paired", "paired_ci", "t_quantile", "verdict", "VERDICTS"]
+__all__ = ["PairedDiff", "paired", "paired_ci", "t_quantile", "verdict", "VERDICTS", "distinct_seeds"]
 
 VERDICTS = ("reproduced", "contradicted", "inconclusive at this power")
+
+
+def distinct_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+    """`seeds` as a tuple of ints, or a ConfigError when it is empty or repeats a seed: a repeated seed is the
+    same run counted twice (two "seeds" with a std of 0 from one run)."""
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds:
+        raise ConfigError("no seeds given; give at least one, e.g. seeds=(0, 1, 2)")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"seeds {', '.join(map(str, seeds))} repeat {', '.join(map(str, repeated))}: each seed is "
+                          f"one run; give distinct seeds")
+    return seeds
 
 
 def t_quantile(p: float, df: int) -> float:

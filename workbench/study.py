@@ -12,12 +12,14 @@ import math
 import statistics
 from pathlib import Path
 
+from workbench import preflight
 from workbench.config import PRESETS
-from workbench.errors import UnknownName
+from workbench.errors import ConfigError, UnknownName
 from workbench.evaluate import CombinationResults, combo_name
 from workbench.methods import TERMS
 from workbench.paths import figures_dir
-from workbench.runs import Run, as_overrides
+from workbench.runs import Run, as_overrides, config_of
+from workbench.stats import distinct_seeds
 from workbench.tables import write_csv
 
 log = logging.getLogger(__name__)
@@ -50,10 +52,14 @@ def _summary(res: CombinationResults, protocol: str, run: Run | None = None) -> 
 def run_ablation(profile: str = "quick", seeds=(0, 1, 2), methods=None, overrides=None, out=None,
                  split: str = "test", progress: bool = True) -> list[dict]:
     """Every ablation row x seed: per-seed rows and a mean +- std summary (CSV) beside the paper's numbers."""
-    methods = list(methods or ABLATION_ORDER)
+    methods = list(ABLATION_ORDER if methods is None else methods)
+    seeds = distinct_seeds(seeds)
+    if not methods:
+        raise ConfigError(f"no methods given; leave methods out for every ablation row ({', '.join(ABLATION_ORDER)})")
     unknown = [m for m in methods if m not in PRESETS]
     if unknown:
         raise UnknownName(f"unknown method {unknown[0]!r}; valid: {', '.join(PRESETS)}")
+    preflight.split(config_of(methods[0], profile, seeds[0], overrides), split)  # before any training
     per_seed = []
     for seed in seeds:  # seed-major: a partial study already covers every row
         for method in methods:
@@ -113,6 +119,7 @@ def run_sweep(method: str, profile: str, grid: dict[str, list], seed: int = 0, s
     """Grid search of config values on the validation split (tuning never looks at test)."""
     keys = list(grid)
     rows = []
+    preflight.split(config_of(method, profile, seed, overrides), split)  # before any training
     for values in itertools.product(*(grid[k] for k in keys)):
         setting = dict(zip(keys, values))
         run = Run.of(method, profile, seed, {**as_overrides(overrides), **setting}).ensure(progress)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from workbench.errors import ConfigError, UnknownName
 from workbench.logs import StderrHandler
-from workbench.paths import REPO_ROOT, runs_dir
+from workbench.paths import REPO_ROOT, figures_dir, runs_dir
 from workbench.report import clock, relative
 
 log = logging.getLogger(__name__)
@@ -306,6 +306,9 @@ def run_suite(notebooks: list[Notebook], notebooks_dir: Path, out_dir: Path, pro
     """Execute `notebooks` in order, each kernel with `threads` threads; a notebook whose dependency failed
     is skipped."""
     kernel = ensure_kernel(threads=threads)
+    # the kernels inherit this: their `Figures` write the committed figures (a notebook run by hand writes
+    # under runs/figures instead, `paths.notebook_figures_dir`)
+    os.environ["WORKBENCH_FIGURES"] = str(figures_dir())
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, Outcome] = {}
     t_start, n = time.perf_counter(), len(notebooks)

@@ -69,7 +69,7 @@ def markdown_table(rows: Sequence[dict], digits: int = 2) -> str:
 
 
 def markdown_to_html(text: str) -> str:
-    """Markdown (with tables) to HTML, by mistune (installed with Jupyter's nbconvert)."""
+    """Markdown (with tables) to HTML, by mistune (a declared dependency)."""
     import mistune
 
     return mistune.create_markdown(plugins=["table"], escape=False)(text)

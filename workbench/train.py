@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from workbench import preflight
 from workbench.checkpoint import (
     atomic_write_text,
     load_checkpoint,
@@ -134,6 +135,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     run_dir = Path(run_dir)
     ctx = DistContext.from_env(cfg.train.device)
     device = resolve_device(cfg.train.device, ctx)
+    preflight.before_training(cfg)  # a bad data.case, a missing extra: refused before any folder or lock exists
     with run_lock(run_dir) if ctx.is_main else nullcontext():  # under DDP only the main process writes
         return _train(cfg, run_dir, ctx, device, resume, progress, teacher_checkpoint)
 

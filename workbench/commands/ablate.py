@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.commands.common import add_quiet, parse_list
+from workbench.commands.common import add_quiet, parse_list, parse_seeds
 from workbench.config import PRESETS, PROFILES
 
 
@@ -20,8 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from workbench.study import format_summary, run_ablation
 
-    seeds = parse_list(args.seeds, "--seeds", int)
-    methods = parse_list(args.methods, "--methods") if args.methods else None
+    seeds = parse_seeds(args.seeds)
+    methods = parse_list(args.methods, "--methods") if args.methods is not None else None
     summary = run_ablation(args.profile, seeds, methods, overrides=args.set, out=args.out, progress=not args.quiet)
     print(format_summary(summary))
     return 0

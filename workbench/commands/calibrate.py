@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.commands.common import add_quiet, parse_list
+from workbench.commands.common import add_quiet, parse_list, parse_seeds
 from workbench.paths import figures_dir
 
 
@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from workbench.runs import as_overrides
 
     overrides = as_overrides(args.set)
-    cal = calibrate(args.profile, parse_list(args.seeds, "--seeds", int),
-                    [s for s in args.subsets.split(",") if s], overrides, progress=not args.quiet)
+    cal = calibrate(args.profile, parse_seeds(args.seeds), parse_list(args.subsets, "--subsets"), overrides,
+                    progress=not args.quiet)
     print(cal.format_table())
     out = cal.save_csv(args.out or figures_dir() / f"calibration_{args.profile}.csv")
     print(f"written: {out}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.commands.common import add_quiet
+from workbench.commands.common import add_quiet, parse_seeds
 from workbench.config import PROFILES
 
 
@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from workbench.claims import run_claims
 
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = parse_seeds(args.seeds)
     table = run_claims(args.profile, seeds, overrides=args.set, split=args.split, out=args.out,
                        progress=not args.quiet)
     print(table.format())

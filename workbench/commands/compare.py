@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.commands.common import add_quiet
+from workbench.commands.common import add_quiet, parse_list, parse_seeds
 from workbench.config import PROFILES
-from workbench.errors import ConfigError
 
 MAIN = "baseline,cmnext,magic,anyseg,robustseg"
 
@@ -25,13 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from workbench.compare import format_table, run_compare
 
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 0,1,2") from None
-    if not seeds:
-        raise ConfigError("--seeds names no seed; give e.g. --seeds 0,1,2")
-    methods = [m for m in args.methods.split(",") if m] if args.methods else None
+    seeds = parse_seeds(args.seeds)
+    methods = parse_list(args.methods, "--methods") if args.methods is not None else None
     cmp = run_compare(args.profile, seeds, methods, overrides=args.set, out=args.out, split=args.split,
                       progress=not args.quiet)
     print(format_table(cmp))

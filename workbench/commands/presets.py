@@ -16,6 +16,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default=None, help="the scale for a method preset (default quick)")
 
 
+def profile_settings() -> list[tuple[str, str, object]]:
+    """(profile, key, value) for every loss setting (`distill.*`, `magic.*`) a profile sets to something other
+    than the paper's default, e.g. quick's distill.asm_stage=all."""
+    default = Config().to_dict()
+    out = []
+    for name, make in PROFILES.items():
+        cfg = make().to_dict()
+        for section in ("distill", "magic"):
+            for key, value in cfg[section].items():
+                if value != default[section][key]:
+                    out.append((name, f"{section}.{key}", value))
+    return out
+
+
+def profile_table() -> str:
+    lines = ["loss settings the profiles change (the paper's defaults otherwise; `presets --show NAME` for all):"]
+    lines += [f"  {profile:<7} {key} = {value}" for profile, key, value in profile_settings()]
+    return "\n".join(lines)
+
+
 def tuned_table() -> str:
     lines = ["tuned weights (applied on top of the paper's defaults; tuned on val):"]
     for profile, entries in TUNED.items():
@@ -70,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
         print(cfg.to_json())  # stdout holds only the JSON, so it can be piped or saved as --config FILE
         sys.stdout.flush()
         print(size_line(cfg, model_size(cfg)), file=sys.stderr)
+        changed = [f"{k}={v}" for p, k, v in profile_settings() if p == cfg.profile]
+        if changed:
+            print(f"# the {cfg.profile} profile sets " + ", ".join(changed), file=sys.stderr)
         tuned = TUNED.get(cfg.profile, {})
         if tuned:
             print("# tuned for " + cfg.profile + ": " + ", ".join(f"{k}={v}" for k, (v, _) in tuned.items()),
@@ -77,5 +100,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print("profiles:", ", ".join(PROFILES))
     print("methods: ", ", ".join(PRESETS))
+    print(profile_table())
     print(tuned_table())
     return 0

@@ -7,7 +7,8 @@ import json
 from dataclasses import replace
 
 from workbench.commands.common import add_quiet
-from workbench.config import apply_overrides, preset
+from workbench.config import PRESETS, apply_overrides, preset
+from workbench.errors import ConfigError
 from workbench.methods.robustseg import TERMS, configured_weights, rule_weights, shares
 from workbench.runs import probe_norms
 
@@ -26,6 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = apply_overrides(preset(args.method, args.profile), [f"train.seed={args.seed}", *args.set])
+    if cfg.method != "robustseg":
+        valid = [m for m in PRESETS if preset(m, args.profile).method == "robustseg"]
+        raise ConfigError(f"probe measures the gradient shares of RobustSeg's distillation terms ("
+                          f"{', '.join(t.name for t in TERMS)}); --method {args.method} trains {cfg.method} (no such "
+                          f"terms): choose one of {', '.join(valid)}")
     rule_cfg = replace(cfg, distill=replace(cfg.distill, weighting="gradient_share", weights_resolved=False))
     norms = probe_norms(rule_cfg, progress=not args.quiet)
     rule = rule_weights(rule_cfg.distill, norms)

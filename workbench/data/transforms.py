@@ -31,6 +31,7 @@ Two named pipelines per dataset (`build_transform(dataset, split, size, pipeline
     random `size` crop, pad 0 / 255), Gaussian blur of image and NIR (p 0.5, sigma U(0, 1), OpenCV's
     kernel and border), then the image by ImageNet mean/std, NIR at /255, AoLP sin/cos raw in [-1, 1] and
     DoLP raw. Evaluation: short side to `eval_size` (default 1024) and the centre `eval_size` square.
+    Its labels are resized by OpenCV's nearest rule (`opencv_nearest_index`), not PyTorch's.
 """
 
 from __future__ import annotations
@@ -62,13 +63,32 @@ def modality_keys(sample: Sample) -> list[str]:
     return [k for k, v in sample.items() if k not in ("label", "meta") and torch.is_tensor(v)]
 
 
-def _resize(sample: Sample, hw: tuple[int, int]) -> Sample:
+def _resize(sample: Sample, hw: tuple[int, int], label_rule: str = "torch") -> Sample:
+    """Modalities bilinear (half-pixel centres, no antialias); the label nearest by PyTorch's rule, or
+    (`label_rule="opencv"`) by OpenCV's `opencv_nearest_index`."""
     out = dict(sample)
     for k in modality_keys(sample):
         out[k] = F.interpolate(sample[k][None], size=hw, mode="bilinear", align_corners=False)[0]
     if "label" in sample:
-        out["label"] = F.interpolate(sample["label"][None, None].float(), size=hw, mode="nearest")[0, 0].long()
+        label = sample["label"]
+        if label_rule == "opencv":
+            ys = opencv_nearest_index(label.shape[0], hw[0])
+            xs = opencv_nearest_index(label.shape[1], hw[1])
+            out["label"] = label[ys][:, xs]
+        else:
+            out["label"] = F.interpolate(label[None, None].float(), size=hw, mode="nearest")[0, 0].long()
     return out
+
+
+def opencv_nearest_index(n_in: int, n_out: int) -> torch.Tensor:
+    """The source index of each of `n_out` destination pixels under OpenCV's INTER_NEAREST resize
+    (imgproc `resize.cpp`, `resizeNN`): the scale is inv = n_out / n_in and its inverse ifx = 1 / inv, both
+    in double precision, and the index is min(floor(dst * ifx), n_in - 1). PyTorch's `nearest` computes
+    floor(dst * (n_in / n_out)) with the scale in single precision; at destinations where the exact product
+    is a whole number the two can round to neighbouring source pixels."""
+    ifx = 1.0 / (n_out / n_in)  # two roundings, as OpenCV: not n_in / n_out
+    dst = torch.arange(n_out, dtype=torch.float64)  # exact integers: dst * ifx rounds as OpenCV's double product
+    return (dst * ifx).floor().long().clamp_(max=n_in - 1)
 
 
 def random_resized_crop(sample: Sample, g: torch.Generator, size: int, scale=(0.5, 2.0)) -> Sample:
@@ -330,15 +350,15 @@ def mcubes_raw_aolp(sample: Sample, g: torch.Generator | None = None) -> Sample:
 def mcubes_random_scale_crop(sample: Sample, g: torch.Generator, base: int, crop: int,
                              fill: int = IGNORE_INDEX) -> Sample:
     """RandomScaleCrop: short side s uniform in int(base / 2)..int(2 base) (inclusive), long side
-    int(long * s / short); offsets x uniform in 0..max(0, ow - crop), then y; resize (OpenCV's linear and
-    nearest: PyTorch's bilinear without antialias and `nearest`); pad bottom/right to `crop` (0, label
+    int(long * s / short); offsets x uniform in 0..max(0, ow - crop), then y; resize (OpenCV's linear: PyTorch's
+    bilinear without antialias; OpenCV's nearest for the label: `opencv_nearest_index`); pad bottom/right to `crop` (0, label
     `fill`) when s < crop; the `crop` square at (y, x)."""
     h, w = sample["label"].shape
     s = int(torch.randint(int(base * 0.5), int(base * 2.0) + 1, (), generator=g))
     oh, ow = (int(1.0 * h * s / w), s) if h > w else (s, int(1.0 * w * s / h))
     left = int(torch.randint(0, max(0, ow - crop) + 1, (), generator=g))
     top = int(torch.randint(0, max(0, oh - crop) + 1, (), generator=g))
-    sample = _resize(sample, (oh, ow))
+    sample = _resize(sample, (oh, ow), label_rule="opencv")
     if s < crop:
         sample = _pad_to(sample, max(oh, crop), max(ow, crop), fill)
     return _crop(sample, top, left, crop, crop)
@@ -367,7 +387,7 @@ def mcubes_fix_scale_crop(sample: Sample, crop: int) -> Sample:
     h, w = sample["label"].shape
     oh, ow = (crop, int(1.0 * w * crop / h)) if w > h else (int(1.0 * h * crop / w), crop)
     if (oh, ow) != (h, w):
-        sample = _resize(sample, (oh, ow))
+        sample = _resize(sample, (oh, ow), label_rule="opencv")
     return _crop(sample, int(round((oh - crop) / 2.0)), int(round((ow - crop) / 2.0)), crop, crop)
 
 

@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from workbench.checkpoint import load_checkpoint, load_state_strict, non_finite
-from workbench.config import Config
+from workbench.checkpoint import checkpoint_config, load_checkpoint, load_state_strict, non_finite
 from workbench.errors import CheckpointError, MissingFile
 from workbench.models.cmnext import CMNeXt
 from workbench.models.magic import MAGIC
@@ -92,8 +91,18 @@ def load_model(checkpoint: str | Path | dict, device: torch.device | str = "cpu"
     else:
         path = checkpoint_path(checkpoint, which)
         source, state = str(path), load_checkpoint(path)
-    cfg = Config.from_dict(state["config"])
-    model = build_model(_without_weights(cfg.model), tuple(state["modalities"]), len(state["classes"]))
+    cfg = checkpoint_config(state, source)
+    modalities = tuple(state["modalities"])
+    from workbench.data import DATASETS
+
+    known = DATASETS[cfg.data.dataset].all_modalities
+    unknown = [m for m in modalities if m not in known]
+    if unknown or not modalities:
+        raise CheckpointError(f"{source} names modalities {', '.join(modalities) or '(none)'}: "
+                              f"{repr(unknown[0]) + ' is not a modality of' if unknown else 'none of'} its dataset "
+                              f"{cfg.data.dataset} ({', '.join(known)}); the file's header or 'modalities' entry was "
+                              f"edited or belongs to another dataset")
+    model = build_model(_without_weights(cfg.model), modalities, len(state["classes"]))
     if "which" in state:  # a safetensors file holds one set of weights, the one its header names
         if state["which"] != which and which == "teacher":
             raise CheckpointError(f"{source} holds the {state['which']}, not the teacher; load teacher.safetensors "

@@ -4,7 +4,8 @@ The RGB-centred, asymmetric Hub2Fuse design of the public code (`jamycheung/DELI
 `semseg/models/backbones/cmnext.py` and the modules it imports), written for this project:
 
 - RGB branch: a MiT encoder built by `build_encoder` (timm's pvt_v2), run stage by stage, because the
-  rectified RGB features of stage i are the input of stage i+1.
+  rectified RGB features of stage i are the input of stage i+1. Its LayerNorms use eps 1e-5 as the public
+  branch does (nn.LayerNorm's default; timm's pvt_v2 and SegFormer's MiT use 1e-6 in blocks and stage norms).
 - Auxiliary branch, one for all non-RGB modalities: per stage a patch embedding whose convolution is
   shared by the auxiliary modalities and whose LayerNorm is per modality; the Self-Query Hub scores
   every auxiliary modality (depthwise 3x3 + 1x1 conv + sigmoid, s_m), keeps x_m <- s_m x_m + x_m and
@@ -48,6 +49,9 @@ from torch import nn
 from workbench.models.encoders import build_encoder, encoder_channels
 from workbench.models.segmentor import SegFormerHead, Segmentor, SegOutput
 
+# DELIVER's CMNeXt builds its RGB branch (patch embeddings, blocks, attention reduction, stage norms) with
+# nn.LayerNorm's default eps; timm's pvt_v2 uses 1e-6 in the blocks and stage norms (SegFormer's MiT value).
+RGB_LN_EPS = 1e-5
 PPX_MLP_RATIOS = (8, 8, 4, 4)  # public code: mlp_ratio of the MSPABlocks per stage
 
 
@@ -225,6 +229,9 @@ class CMNeXt(nn.Module):
         if not all(hasattr(self.rgb, n) for n in ("patch_embed", "stages_0", "stages_3")):
             raise ValueError(f"CMNeXt's RGB branch runs a MiT encoder stage by stage; {encoder!r} is not one. "
                              f"Use mit_tiny or mit_b0..mit_b5")
+        for m in self.rgb.modules():  # the public RGB branch's LayerNorms keep torch's default eps
+            if isinstance(m, nn.LayerNorm):
+                m.eps = RGB_LN_EPS
         self.channels = encoder_channels(self.rgb)
         stages = [self._rgb_stage_module(i) for i in range(4)]
         depths = [len(s.blocks) for s in stages]

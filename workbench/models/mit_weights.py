@@ -76,6 +76,9 @@ def official_to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.
 def _read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A flat name -> tensor dict from a local .pt/.pth/.bin or .safetensors file (wrapper dicts unwrapped)."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"weights {path} is a folder, not a weights file; give the .pth/.pt/.safetensors file "
+                           f"itself (e.g. one written by `python -m workbench weights import-mit`)")
     if not path.is_file():
         raise MissingFile(f"checkpoint {path} does not exist (weights are never downloaded: give a local "
                                 f"file, e.g. one written by `python -m workbench weights import-mit`)")
