@@ -94,3 +94,48 @@ def test_calibrate_command_writes_csv(tiny_cache, tmp_path, capsys):
                "--out", str(tmp_path / "t.csv"), "--set", "data.train_samples=8", "--set", "data.test_samples=8"])
     assert rc == 0 and (tmp_path / "t.csv").exists()
     assert "Calibration of the synthetic benchmark" in capsys.readouterr().out
+
+
+def test_regime_criteria_match_hand_computation():
+    """The paper's regime (docs/BENCHMARK.md, section 6): EL / full <= 0.05 under both protocols, DEL-trained
+    minus full on DEL >= 8 under drop, RGB's Shapley value the largest, full not lower than scratch."""
+    full = cal.FULL
+    el, rest = ("event", "lidar"), ("depth", "event", "lidar")
+    acc = {c: 0.9 if "rgb" in c else 0.52 for c in combinations(full)}
+    acc[("zero", el)], acc[("drop", el)] = 0.05, 0.1
+    res = {"RDEL": _results(full, acc), "DEL": _results(rest, {rest: 0.8}),
+           "scratch": _results(full, {full: 0.85})}
+
+    def m(a):
+        return miou(torch.tensor([[a, 1 - a], [1 - a, a]]) * 100)
+
+    checks = cal._regime_checks(["DEL", "RDEL"], pretrained=True)
+    cal._measure(checks, res, None)
+    by = {c.name: c for c in checks}
+    assert by["full baseline EL / RDEL [drop]"].values == [pytest.approx(m(0.1) / m(0.9))]
+    assert by["full baseline EL / RDEL [zero]"].values == [pytest.approx(m(0.05) / m(0.9))]
+    assert m(0.05) / m(0.9) <= 0.05 < m(0.1) / m(0.9)  # one on each side of the threshold
+    assert (by["full baseline EL / RDEL [zero]"].ok, by["full baseline EL / RDEL [drop]"].ok) == ("yes", "NO")
+    assert by["DEL: trained-on-DEL minus full baseline [drop]"].values == [pytest.approx(m(0.8) - m(0.52))]
+    assert by["full baseline RDEL minus scratch's (same seed)"].values == [pytest.approx(m(0.9) - m(0.85))]
+    assert by["full baseline RDEL minus scratch's (same seed)"].ok == "yes"
+    assert by["Shapley R - max(other) [drop]"].ok == "yes"
+    # without pretraining there is no scratch reference; without a DEL model no DEL row
+    names = [c.name for c in cal._regime_checks(["RDEL"], pretrained=False)]
+    assert not any("scratch" in n or "DEL:" in n for n in names) and len(names) == 4
+
+
+def test_calibrate_in_the_pretrained_regime(tiny_cache):
+    """model.init=pretrained: the baselines start from the pretrained encoder, the criteria block compares
+    the full baseline with the scratch one of the same seed (the cached scratch run of tiny_cache)."""
+    over = {**TINY, "model.init": "pretrained", "model.pretrain.samples": 8, "model.pretrain.epochs": 1,
+            "model.pretrain.size": 32, "model.pretrain.batch_size": 4}
+    out = cal.calibrate("tiny", seeds=(0,), subsets=["DEL", "RDEL"], progress=False, overrides=over)
+    assert out.init == "pretrained"
+    by = {c.name: c.values[0] for c in out.regime}
+    full = cal.baseline_run("tiny", 0, cal.FULL, over).evaluation("test").full("drop")
+    scratch = cal.baseline_run("tiny", 0, cal.FULL, TINY).evaluation("test").full("drop")
+    assert by["full baseline RDEL minus scratch's (same seed)"] == pytest.approx(full - scratch)
+    table = out.format_table()
+    assert "model.init=pretrained" in table and "Criteria of the paper's regime" in table
+    assert any(r["quantity"].startswith("regime: ") for r in out.rows())

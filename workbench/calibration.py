@@ -10,7 +10,11 @@ combination. No distilled model is trained or read here. Per training seed it me
   per-modality Shapley values and EMM, beside M-SegFormer's and CMNeXt's rows in the RobustSeg paper;
 - how often ASM picks each modality as primary on the frozen full-modality baseline (cosine of each
   modality's last-stage feature with the fused feature, top ceil(M/2) per sample);
-- per-condition mIoU of the full baseline and of the RGB-only model.
+- per-condition mIoU of the full baseline and of the RGB-only model;
+- the criteria of the paper's regime (docs/BENCHMARK.md, "6. The paper's regime"): Event+LiDAR keeps at
+  most 0.05 of the full score under both protocols, the DEL-trained model beats the full baseline on DEL
+  by at least 8 points under `drop`, RGB has the largest Shapley value, and (with `model.init=pretrained`)
+  the full baseline scores no lower than the scratch baseline of the same seed.
 
 The baselines are `workbench.runs.Run`s (trained once, cached, evaluated once per split), so a second
 call only re-reads. Run: `python -m workbench calibrate --profile quick --seeds 0,1,2` (writes
@@ -25,7 +29,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -88,15 +92,18 @@ class Calibration:
     per_condition: dict[str, dict[str, list[float]]]  # model row -> condition -> one value per seed
     asm: dict[str, dict[str, list[float]]]  # ASM stage (last | all) -> modality -> primary frequency per seed
     seconds: float
+    regime: list[Check] = field(default_factory=list)  # the criteria of the paper's regime
+    init: str = "scratch"  # model.init of the baselines
 
     def format_table(self) -> str:
-        width = max(len(c.name) for c in self.checks)
-        lines = [f"Calibration of the synthetic benchmark ({self.profile} profile, seeds "
+        width = max(len(c.name) for c in self.checks + self.regime)
+        init = "" if self.init == "scratch" else f", model.init={self.init}"
+        lines = [f"Calibration of the synthetic benchmark ({self.profile} profile{init}, seeds "
                  f"{','.join(map(str, self.seeds))}; test split; mean ± std over seeds)",
-                 f"{'quantity':<{width}}  {'DeLiVER (published)':<20}  {'target':<29}  {'measured':>15}  ok"]
-        for c in self.checks:
-            measured = f"{c.mean:7.2f} ± {c.std:5.2f}" if c.values else "-"
-            lines.append(f"{c.name:<{width}}  {c.deliver:<20}  {c.target:<29}  {measured:>15}  {c.ok}".rstrip())
+                 *_check_lines(self.checks, width)]
+        if self.regime:
+            lines += ["", "Criteria of the paper's regime (docs/BENCHMARK.md, section 6; same seeds)",
+                      *_check_lines(self.regime, width)]
         if self.per_condition:
             conds = list(next(iter(self.per_condition.values())))
             lines.append("")
@@ -114,7 +121,7 @@ class Calibration:
 
     def rows(self) -> list[dict]:
         out = []
-        for c in self.checks:
+        for c in self.checks + [replace(c, name=f"regime: {c.name}") for c in self.regime]:
             out.append({"quantity": c.name, "deliver": c.deliver, "target": c.target, "mean": _r(c.mean),
                         "std": _r(c.std), "ok": c.ok, **{f"seed{s}": _r(v) for s, v in zip(self.seeds, c.values)}})
         for row, vals in self.per_condition.items():
@@ -138,6 +145,14 @@ class Calibration:
             w.writeheader()
             w.writerows(rows)
         return path
+
+
+def _check_lines(checks: list[Check], width: int) -> list[str]:
+    lines = [f"{'quantity':<{width}}  {'DeLiVER (published)':<20}  {'target':<29}  {'measured':>15}  ok"]
+    for c in checks:
+        measured = f"{c.mean:7.2f} ± {c.std:5.2f}" if c.values else "-"
+        lines.append(f"{c.name:<{width}}  {c.deliver:<20}  {c.target:<29}  {measured:>15}  {c.ok}".rstrip())
+    return lines
 
 
 def _std(v: Sequence[float]) -> float:
@@ -259,6 +274,30 @@ def _checks(subsets: Sequence[str]) -> list[Check]:
     return rows
 
 
+def _regime_checks(subsets: Sequence[str], pretrained: bool) -> list[Check]:
+    """The criteria of the paper's regime (docs/BENCHMARK.md, section 6), the rows whose models are in
+    `subsets`; with `pretrained`, the full baseline against the scratch one of the same seed (`res["scratch"]`)."""
+    m, have, rows = MSEGFORMER, set(subsets), []
+    el, rest = ("event", "lidar"), ("depth", "event", "lidar")
+    if "RDEL" in have:
+        for p in ("drop", "zero"):
+            rows.append(Check(f"full baseline EL / RDEL [{p}]", f"{m['EL'] / m['full']:.3f}", "<= 0.05: collapses",
+                              rule=lambda x: x <= 0.05, measure=_full_share(p, el)))
+    if {"RDEL", "DEL"} <= have:
+        rows.append(Check("DEL: trained-on-DEL minus full baseline [drop]", "not published", ">= 8: evidence hidden",
+                          rule=lambda x: x >= 8, measure=lambda res, asm: res["DEL"].full("drop")
+                          - res["RDEL"].miou("drop", rest)))
+    if "RDEL" in have:
+        for p in ("drop", "zero"):
+            rows.append(Check(f"Shapley R - max(other) [{p}]", "not published", "> 0: RGB largest",
+                              rule=lambda x: x > 0, measure=lambda res, asm, p=p: _margin(res["RDEL"].shapley(p))))
+        if pretrained:
+            rows.append(Check("full baseline RDEL minus scratch's (same seed)", "not published", ">= 0: not lower",
+                              rule=lambda x: x >= 0, measure=lambda res, asm: res["RDEL"].full("drop")
+                              - res["scratch"].full("drop")))
+    return rows
+
+
 def _measure(checks: list[Check], res: dict[str, CombinationResults], asm: dict | None) -> None:
     """Append this seed's value to every check."""
     for c in checks:
@@ -279,6 +318,8 @@ def calibrate(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), subsets:
     if unknown:
         raise UnknownName(f"unknown subset {unknown[0]!r}; valid: {', '.join(SUBSETS)}")
     checks = _checks(subsets)
+    init = apply_overrides(preset("baseline", profile), overrides).model.init
+    regime = _regime_checks(subsets, pretrained=init == "pretrained")
     per_condition: dict[str, dict[str, list[float]]] = {}
     asm_freq: dict[str, dict[str, list[float]]] = {}
     for seed in seeds:
@@ -295,7 +336,12 @@ def calibrate(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), subsets:
                     asm = a if stage == "last" else asm  # the method's default stage makes the check
                     for m, v in a["primary"].items():
                         asm_freq.setdefault(stage, {}).setdefault(m, []).append(v)
+        if init == "pretrained" and "RDEL" in res:  # the reference: the scratch baseline of the same seed
+            scratch = baseline_run(profile, seed, FULL, {**(overrides or {}), "model.init": "scratch"})
+            res["scratch"] = scratch.ensure(progress).evaluation("test", progress=progress)
+            log.info("seed %d scratch RDEL mIoU %6.2f (%s)", seed, res["scratch"].full("drop"), scratch.dir)
         _measure(checks, res, asm)
+        _measure(regime, res, asm)
         rows = {"full baseline, all four [drop]": ("RDEL", "drop", FULL),
                 "full baseline, RGB only [drop]": ("RDEL", "drop", ("rgb",)),
                 "model trained on R": ("R", "drop", ("rgb",)),
@@ -304,4 +350,4 @@ def calibrate(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), subsets:
             if name in res:
                 for cond, v in res[name].per_condition(p, combo).items():
                     per_condition.setdefault(row, {}).setdefault(cond, []).append(v)
-    return Calibration(profile, tuple(seeds), checks, per_condition, asm_freq, time.perf_counter() - t0)
+    return Calibration(profile, tuple(seeds), checks, per_condition, asm_freq, time.perf_counter() - t0, regime, init)

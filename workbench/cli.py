@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("workbench.commands.sweep", "grid search of config values on the val split"),
     "claims": ("workbench.commands.claims", "the paper's claims as paired-seed differences with CIs and verdicts"),
     "calibrate": ("workbench.commands.calibrate", "the synthetic benchmark's modality profile beside DeLiVER's"),
+    "pretrain": ("workbench.commands.pretrain", "the synthetic world's RGB encoder that model.init=pretrained starts from"),
     "probe": ("workbench.commands.probe", "gradient share of each loss term in the student's encoders"),
     "suite": ("workbench.commands.suite", "run every notebook headlessly with papermill and write figures/REPORT.md"),
     "bench": ("workbench.commands.bench", "speed benchmarks, each against the naive way"),

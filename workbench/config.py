@@ -44,6 +44,7 @@ from workbench.options import (
     KDPixels,
     KDReduction,
     MetricsLog,
+    ModelInit,
     Pairing,
     Pipeline,
     Protocol,
@@ -57,8 +58,9 @@ from workbench.options import (
 )
 from workbench.paths import check_name
 
-__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "DistillConfig", "MagicConfig", "ConfigError",
-           "PROFILES", "PRESETS", "TUNED", "CONVENTIONS", "preset", "apply_overrides", "overrides_dict"]
+__all__ = ["Config", "DataConfig", "ModelConfig", "PretrainConfig", "TrainConfig", "DistillConfig", "MagicConfig",
+           "ConfigError", "PROFILES", "PRESETS", "TUNED", "CONVENTIONS", "preset", "apply_overrides", "overrides_dict",
+           "pretraining_config"]
 
 
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
@@ -122,6 +124,35 @@ class DataConfig(_Checked):
 
 
 @dataclass(frozen=True)
+class PretrainConfig(_Checked):
+    """The "ImageNet" of the synthetic world that `model.init=pretrained` starts every encoder from
+    (`workbench.pretrain`; docs/BENCHMARK.md, "6. The paper's regime"): an RGB-only segmentor trained with
+    CE on `samples` training scenes of the synthetic world `world_seed` (a world of its own: the benchmark
+    renders data.synthetic_seed, and the two must differ), of which the encoder is kept."""
+
+    _section = "model.pretrain"
+    world_seed: int = 1000  # the pretraining world's seed (its scenes are not the benchmark's)
+    samples: int = 1536  # training scenes (4x the quick profile's training split)
+    epochs: int = 10
+    seed: int = 0  # the pretraining's training seed (init, order, augmentation)
+    size: int = 64
+    batch_size: int = 16
+    lr: float = 2e-3
+
+    def check(self) -> None:
+        for key in ("samples", "epochs", "size", "batch_size", "lr"):
+            _positive(f"model.pretrain.{key}", getattr(self, key))
+        if not 0 <= self.world_seed < 2**32:
+            raise ConfigError(f"model.pretrain.world_seed={self.world_seed} must be in [0, 2**32) (one word of the "
+                              f"synthetic scenes' seed sequence)")
+        if self.size % 32:
+            raise ConfigError(f"model.pretrain.size={self.size} must be a multiple of 32 (the encoder's stride)")
+        if self.samples < self.batch_size:
+            raise ConfigError(f"model.pretrain.samples={self.samples} is smaller than model.pretrain.batch_size="
+                              f"{self.batch_size}; give at least one batch of scenes")
+
+
+@dataclass(frozen=True)
 class ModelConfig(_Checked):
     """The network. `arch`: `segformer` (the workbench's `Segmentor`: every method of the paper's ablation),
     or a comparator of the paper's main table, `cmnext` (`workbench.models.cmnext`) or `magic`
@@ -138,8 +169,14 @@ class ModelConfig(_Checked):
     drop_path: float = 0.0
     cmnext_public_residual: bool = False  # cmnext: the public code's scrambling residual (see CMNeXt's docstring)
     magic_mlp_ratio: float = 1.0  # magic: hidden width of MAM's and ASM's MLPs, as a multiple of the stage width
+    init: ModelInit = "scratch"  # pretrained: every encoder starts from the synthetic world's RGB encoder
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # what `pretrained` is (init=pretrained only)
 
     def check(self) -> None:
+        if self.init == "pretrained" and self.weights is not None:
+            raise ConfigError(f"model.init='pretrained' starts the encoders from the synthetic world's RGB encoder and "
+                              f"model.weights={self.weights!r} from a file: choose one (model.weights=None, or "
+                              f"model.init=scratch)")
         _positive("model.head_dim", self.head_dim)
         _unit("model.head_dropout", self.head_dropout)
         _unit("model.drop_path", self.drop_path)
@@ -326,6 +363,11 @@ class Config(_Checked):
                 "distill.feedback=True with model.shared_encoder=True: the feedback step updates only the "
                 "teacher's non-primary encoders, which needs one encoder per modality; set "
                 "model.shared_encoder=False or distill.feedback=False")
+        p = self.model.pretrain
+        if self.model.init == "pretrained" and self.data.dataset == "synthetic" and self.data.synthetic_seed == p.world_seed:
+            raise ConfigError(f"model.init='pretrained' with data.synthetic_seed={self.data.synthetic_seed} = "
+                              f"model.pretrain.world_seed: the encoders would be pretrained on the benchmark's own "
+                              f"world; give model.pretrain.world_seed another value")
 
     @property
     def epochs(self) -> int:
@@ -389,6 +431,10 @@ class Config(_Checked):
         if self.model.arch != "magic":
             d["model"].pop("magic_mlp_ratio")
             d.pop("magic")
+        if self.model.init == "scratch":  # so configs written before pretraining existed keep their hash
+            d["model"].pop("init"), d["model"].pop("pretrain")
+        else:  # the pretraining run's own identity: its spec, the encoder and the renderer's version
+            d["model"]["pretrain"] = {"config": pretraining_config(self.model).hash()}
         if self.data.dataset == "synthetic":  # regenerated data must not hit an old cache
             from workbench.data.synthetic import VERSION
 
@@ -398,6 +444,20 @@ class Config(_Checked):
         elif self.data.dataset == "mcubes" and self.data.pipeline in (None, "reference"):
             d["data"]["label_resize"] = "opencv"  # its labels follow OpenCV's nearest rule now: older runs retrain
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def pretraining_config(model: ModelConfig) -> Config:
+    """The run that pretrains the encoder of `model` (`model.pretrain`; `workbench.pretrain` trains it): the
+    RGB-only baseline (CE) on the pretraining world, with the same encoder architecture and the workbench's
+    default head, validated once at its end."""
+    p = model.pretrain
+    return Config(
+        name="pretrain", profile="pretrain",
+        data=DataConfig(dataset="synthetic", modalities=("rgb",), size=p.size, train_samples=p.samples,
+                        val_samples=128, test_samples=128, batch_size=p.batch_size, synthetic_seed=p.world_seed),
+        model=ModelConfig(encoder=model.encoder),
+        train=TrainConfig(seed=p.seed, epochs=p.epochs, lr=p.lr, warmup_epochs=1.0, val_every=0),
+    )
 
 
 def _coerce(key: str, typ: Any, value: Any) -> Any:

@@ -21,6 +21,7 @@ Pipeline = Literal["reference", "workbench"]  # the reference loader's transform
 Arch = Literal["segformer", "cmnext", "magic"]  # the Segmentor, or a comparator's architecture (workbench.models)
 Fusion = Literal["mean", "softmax"]  # parameter-free mean (public code) or learned per-pixel softmax weights
 Protocol = Literal["drop", "zero"]  # an absent modality is not encoded / is zeroed and encoded
+ModelInit = Literal["scratch", "pretrained"]  # encoders start at random, or from the synthetic world's RGB encoder
 # training
 SegLoss = Literal["ce", "ohem"]
 Amp = Literal["auto", "bf16", "off"]

@@ -19,17 +19,20 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from workbench import evalcache
+from workbench import pretrain as P
 from workbench.checkpoint import checkpoint_config, checkpoint_problem, load_checkpoint, run_lock
-from workbench.config import Config, apply_overrides, overrides_dict, preset
+from workbench.config import Config, apply_overrides, overrides_dict, preset, pretraining_config
 from workbench.data import Collate, dataset_from_config
 from workbench.distributed import EpochSampler
 from workbench.errors import CheckpointError, MissingFile
@@ -46,7 +49,8 @@ from workbench.train import resolve_device, train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Run", "cache_dir", "notebook_overrides", "as_overrides", "resolve_weights", "probe_norms"]
+__all__ = ["Run", "cache_dir", "notebook_overrides", "as_overrides", "config_of", "resolve_weights", "probe_norms",
+           "ensure_pretrained"]
 
 
 def cache_dir(cfg: Config) -> Path:
@@ -152,6 +156,8 @@ class Run:
                                       f"from its source or train it again")
             log.warning("%s is truncated or corrupt (%s); rebuilding it from the run's last.pt", self.checkpoint, problem)
             self.checkpoint.unlink()
+        if self.config.model.init == "pretrained":  # the encoder every modality starts from
+            ensure_pretrained(self.config.model, progress)
         teacher = self.teacher
         if teacher is not None and self.config.distill.teacher is None:
             teacher.ensure(progress=progress)
@@ -322,3 +328,36 @@ def _measure_norms(cfg: Config, probe_checkpoint: Path, teacher_checkpoint: Path
     draws = Draws.for_epoch(mcfg.train.seed, 1)
     rows = [method.term_gradient_norms(batch, draws) for batch in islice(loader, cfg.distill.probe_batches)]
     return {t: sum(r[t] for r in rows) / len(rows) for t in rows[0]}
+
+
+# -- the pretrained encoder (model.init=pretrained): built once, before a run that needs it -------------------
+
+def ensure_pretrained(model_cfg, progress: bool | None = None) -> Path:
+    """The encoder file of `model_cfg`'s pretraining, trained and written first if it is not cached (with
+    progress bars unless `progress=False`; None: when the workbench logs progress messages, i.e. not --quiet).
+
+    Training it draws from torch's, numpy's and Python's global generators; their states are restored
+    afterwards, so a run that builds the file on its way gives the same model as one that finds it."""
+    path = P.encoder_path(model_cfg)
+    if path.is_file():
+        return path
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under DDP every process would train it
+        raise MissingFile(f"the pretrained encoder {path} is not built yet; build it once before a distributed run: "
+                          f"{P.command(model_cfg)}")
+    cfg = pretraining_config(model_cfg)
+    p = model_cfg.pretrain
+    if progress is None:
+        progress = logging.getLogger("workbench").isEnabledFor(logging.INFO)
+    log.info("pretraining the %s encoder on RGB of the synthetic world %d (%d scenes, %d epochs, seed %d); built "
+             "once, cached in %s", model_cfg.encoder, p.world_seed, p.samples, p.epochs, p.seed, path.parent)
+    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        run = Run.from_config(cfg, path.parent).ensure(progress=progress)
+        weights = {k: v.detach().cpu().contiguous() for k, v in run.model(device="cpu").encoder("rgb").state_dict().items()}
+    finally:
+        torch.set_rng_state(states[0]), np.random.set_state(states[1]), random.setstate(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+    P.write_encoder(path, weights, model_cfg, cfg)
+    return path

@@ -63,7 +63,7 @@ def model_size(cfg: Config, device: str = "meta") -> dict:
     modalities = tuple(cfg.data.modalities or dataset.all_modalities)
     size = cfg.data.size
     with torch.device(device):
-        model = build_model(replace(cfg.model, weights=None), modalities, len(dataset.classes)).eval()
+        model = build_model(replace(cfg.model, weights=None, init="scratch"), modalities, len(dataset.classes)).eval()
         inputs = {m: torch.zeros(1, 3, size, size) for m in modalities}
         everything = torch.ones(1, len(modalities), dtype=torch.bool)
         # attention as plain matmuls: the fused CPU attention kernel is invisible to the counter

@@ -2,10 +2,12 @@
 
 `build_model` is the one place that turns a `ModelConfig` into a network: it builds the architecture
 `model.arch` names in the `ARCHS` registry (`segformer`: `Segmentor`; the comparators `cmnext`: `CMNeXt`,
-`magic`: `MAGIC`) and
-loads local pretrained encoder weights strictly (`model.weights`, see `mit_weights`): into every encoder
-of a Segmentor or MAGIC, into CMNeXt's RGB branch only (its hub branch starts from scratch, as in the
-public code). `load_model` rebuilds a trained model from a checkpoint's own config and loads its weights
+`magic`: `MAGIC`) and loads pretrained encoder weights strictly: a local file (`model.weights`, see
+`mit_weights`) or, with `model.init=pretrained`, the synthetic world's RGB encoder (`workbench.pretrain`, built
+first if it is not cached); into every encoder of a Segmentor or MAGIC (the input convolution adapted by
+`adapt_first_conv` where a modality has other than 3 channels), into CMNeXt's RGB branch only (its hub branch
+is no MiT encoder and starts from scratch, as in the public code). `load_model` rebuilds a trained model from
+a checkpoint's own config and loads its weights
 strictly; with `which="teacher"` it returns the (feedback-updated) teacher stored with a distillation run.
 The checkpoint may be a run folder, its `final.pt` / `last.pt`, or its `model.safetensors` /
 `teacher.safetensors`; it is read without running code from it (`workbench.checkpoint`), and weights
@@ -28,6 +30,7 @@ from workbench.models.magic import MAGIC
 from workbench.models.mit_weights import load_encoder_weights
 from workbench.models.segmentor import Segmentor
 from workbench.options import Arch, Which, check
+from workbench.pretrain import require_encoder
 
 
 def _segformer(cfg, modalities, num_classes, common) -> tuple[nn.Module, dict]:
@@ -58,10 +61,13 @@ def build_model(model_cfg, modalities: tuple[str, ...], num_classes: int,
     common = dict(encoder=model_cfg.encoder, in_chans=in_chans, head_dim=model_cfg.head_dim,
                   head_dropout=model_cfg.head_dropout, drop_path=model_cfg.drop_path)
     model, encoders = ARCHS[model_cfg.arch](model_cfg, modalities, num_classes, common)
-    if model_cfg.weights is not None:
+    weights = model_cfg.weights
+    if model_cfg.init == "pretrained":
+        weights = require_encoder(model_cfg)
+    if weights is not None:
         for name, enc in encoders.items():
             channels = (in_chans or {}).get(modalities[0] if name == "shared" else name, 3)
-            load_encoder_weights(enc, model_cfg.weights, in_chans=channels)
+            load_encoder_weights(enc, weights, in_chans=channels)
     return model
 
 
@@ -127,5 +133,5 @@ def load_model(checkpoint: str | Path | dict, device: torch.device | str = "cpu"
 
 
 def _without_weights(model_cfg):
-    """The trained weights replace the pretrained ones: do not read (or require) the pretrained file."""
-    return replace(model_cfg, weights=None)
+    """The trained weights replace the pretrained ones: do not read (or require, or build) the pretrained file."""
+    return replace(model_cfg, weights=None, init="scratch")
