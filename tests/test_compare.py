@@ -68,9 +68,16 @@ HASHES = {
 }
 
 
+# The profiles' schedules as they were when HASHES was taken (quick's teacher and students trained 10 epochs;
+# since issue 18 the teacher trains 40 and the students continue it for 10: new runs, on purpose).
+EARLIER_SCHEDULE = {"quick": {"train.epochs": 10, "distill.epochs": None},
+                    "study": {"train.epochs": 30, "train.warmup_epochs": 3.0, "distill.epochs": None}}
+
+
 @pytest.mark.parametrize("profile", sorted(HASHES))
 def test_hashes_of_the_earlier_presets_are_unchanged(profile):
-    assert {m: preset(m, profile).hash() for m in HASHES[profile]} == HASHES[profile]
+    earlier = EARLIER_SCHEDULE.get(profile, {})
+    assert {m: apply_overrides(preset(m, profile), earlier).hash() for m in HASHES[profile]} == HASHES[profile]
 
 
 def test_comparator_presets_and_their_method():
