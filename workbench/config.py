@@ -575,7 +575,7 @@ def _profile_tiny() -> Config:
 
 def _profile_quick() -> Config:
     """The synthetic study on 2 CPU cores: the teacher trains 40 epochs, every student continues it for 10
-    (`distill.epochs`; docs/BENCHMARK.md, "6. Converged teachers": the plateau rule reads the teacher's val
+    (`distill.epochs`; docs/BENCHMARK.md, "7. Converged teachers": the plateau rule reads the teacher's val
     curve). ASM averages its similarity over the four stages: at this scale last-stage features are nearly
     constant per modality, so the last stage's cosine with the fused feature measures fixed offsets
     (docs/BENCHMARK.md, "4. Reading the table")."""
