@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subsets", default=",".join(SUBSETS), help=f"comma-separated, from {', '.join(SUBSETS)}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every baseline, e.g. --set train.epochs=30")
-    p.add_argument("--out", default=None, help="CSV path (default: figures/calibration_<profile>.csv)")
+    p.add_argument("--out", default=None, help="CSV path (default: figures/calibration_<profile>.csv; with "
+                                               "--set model.init=pretrained: calibration_<profile>_pretrained.csv)")
     add_quiet(p)
 
 
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     cal = calibrate(args.profile, parse_seeds(args.seeds), parse_list(args.subsets, "--subsets"), overrides,
                     progress=not args.quiet)
     print(cal.format_table())
-    out = cal.save_csv(args.out or figures_dir() / f"calibration_{args.profile}.csv")
+    regime = "" if cal.init == "scratch" else f"_{cal.init}"  # the pretrained regime does not overwrite scratch's
+    out = cal.save_csv(args.out or figures_dir() / f"calibration_{args.profile}{regime}.csv")
     print(f"written: {out}")
     return 0
