@@ -300,4 +300,4 @@ def test_presets_lists_the_loss_settings_a_profile_changes(capsys):
         assert (line in out) == (stage != default.asm_stage), (name, out)
     assert "  quick   distill.asm_stage = all" in out
     assert main(["presets", "--show", "hpd", "--profile", "quick"]) == 0
-    assert "# the quick profile sets distill.asm_stage=all" in capsys.readouterr().err
+    assert "distill.asm_stage=all" in capsys.readouterr().err

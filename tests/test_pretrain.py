@@ -60,7 +60,7 @@ def test_scratch_configs_keep_the_hash_they_had_on_main(method, profile):
 
 
 def test_pretrained_init_and_its_spec_change_the_hash():
-    base = preset("baseline", "quick")
+    base = apply_overrides(preset("baseline", "quick"), {"model.init": "scratch"})
     pre = apply_overrides(base, {"model.init": "pretrained"})
     assert pre.hash() != base.hash()
     for key, value in [("epochs", 11), ("samples", 512), ("world_seed", 7), ("seed", 1), ("lr", 1e-3)]:
