@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from workbench import repro
 from workbench import weighting as W
 from workbench.checkpoint import atomic_write_text, checkpoint_problem, load_checkpoint, run_lock
 from workbench.config import Config, apply_overrides, preset
@@ -47,8 +48,9 @@ __all__ = ["Run", "cache_dir", "notebook_overrides"]
 
 
 def cache_dir(cfg: Config) -> Path:
-    """Where the run of `cfg` is cached: `runs/cache/<name>-<profile>-s<seed>-<config hash>`."""
-    return runs_dir() / "cache" / f"{cfg.name}-{cfg.profile}-s{cfg.train.seed}-{cfg.hash()}"
+    """Where the run of `cfg` is cached: `runs/cache/<name>-<profile>-s<seed>-<config hash>` (`runs/cache-repro/`
+    with WORKBENCH_REPRO=1: the two modes train different bits from one config, `workbench.repro`)."""
+    return runs_dir() / repro.cache_folder_name() / f"{cfg.name}-{cfg.profile}-s{cfg.train.seed}-{cfg.hash()}"
 
 
 def notebook_overrides(dataset: str | None = None, data_root: str | None = None, device: str = "auto",

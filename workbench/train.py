@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from workbench import repro
 from workbench.checkpoint import (
     atomic_write_text,
     load_checkpoint,
@@ -192,6 +193,7 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, r
         if state.get("config_hash") != cfg.hash():
             raise CheckpointError(f"{last_path} was written by a different config (hash {state.get('config_hash')} "
                                   f"vs {cfg.hash()}); resume with the same preset and --set overrides")
+        repro.check_resume(state.get("run_info", {}).get("numerics"), last_path)
         load_state_strict(method.model, state["model"])
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
