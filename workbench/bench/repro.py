@@ -69,6 +69,38 @@ def measure(profile: str = "quick", steps: int = 10, warmup: int = 2) -> dict:
             "weights": weights_digest(method.model)}
 
 
+def distillation_digest(steps: int = 2) -> dict:
+    """Digests of the student and the teacher after `steps` RobustSeg steps (HPD losses, feedback, AdamW) at
+    the tiny profile, from a teacher at its initialisation (no checkpoint needed): the data rendering (numpy),
+    ATen, oneDNN and MKL all take part. With this process's mode and its numerical switches."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from workbench.config import apply_overrides, preset
+    from workbench.data import Collate, dataset_from_config
+    from workbench.methods import Distiller, Draws
+    from workbench.models import build_model
+
+    cfg = apply_overrides(preset("robustseg", "tiny"), {"data.train_samples": 8, "train.device": "cpu"})
+    ds = dataset_from_config(cfg.data, "train", augment=False)
+    batch = next(iter(DataLoader(ds, batch_size=cfg.data.batch_size, collate_fn=Collate(ds.modalities))))
+    torch.manual_seed(0)
+    teacher = build_model(cfg.model, ds.modalities, ds.num_classes)
+    student = build_model(cfg.model, ds.modalities, ds.num_classes)
+    student.load_state_dict(teacher.state_dict())
+    method = Distiller(cfg, student, teacher)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.train.lr)
+    method.train()
+    for step in range(steps):
+        draws = Draws.for_epoch(0, step)
+        loss = method.training_step(batch, draws)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        method.after_step(batch, draws, lr=cfg.train.lr)
+    return {"student": weights_digest(student), "teacher": weights_digest(teacher), "numerics": repro.mode()}
+
+
 def child_env(reproducible: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a subprocess in the given mode: this one's without the workbench's pins and flag
     (whichever mode this process runs in), WORKBENCH_REPRO=1 where `reproducible`, the mode's thread count in
