@@ -374,6 +374,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out_dir = args.out or runs_dir() / "suite" / args.profile
     threads = args.threads or None
+    if repro.enabled() and threads != repro.REPRO_THREADS:  # the mode's bits are those of its thread count
+        log.warning("WORKBENCH_REPRO=1 pins %d threads per kernel (--threads %s is ignored)", repro.REPRO_THREADS,
+                    args.threads)
+        threads = repro.REPRO_THREADS
     log.info("profile %s: %d notebooks -> %s; figures -> %s; %s; numerical mode %s", args.profile, len(notebooks),
              relative(out_dir), relative(figures_dir()),
              f"{threads} threads per kernel" if threads else "the machine's thread count", repro.mode_name())
