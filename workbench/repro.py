@@ -1,5 +1,5 @@
 """Numerical determinism of CPU runs: the same bits on a busy machine, and, with `WORKBENCH_REPRO=1`, the
-same bits on another machine (docs/RELIABILITY.md, "Same bits"; README, "Reproducibility").
+same bits on another machine (docs/RELIABILITY.md, the two "same bits" rows; README, "Reproducibility").
 
 Always (`apply_environment`, called by `workbench/__init__.py` before torch is imported, and
 `configure_torch` once torch is loaded): no dynamic thread adjustment. GNU OpenMP with OMP_DYNAMIC=true
@@ -19,7 +19,8 @@ CPU with AVX2 (Intel or AMD) takes the same paths:
 - MKL (matrix products): MKL_CBWR=COMPATIBLE, its conditional numerical reproducibility mode. MKL's
   AVX2 branch is honoured on Intel CPUs only (on others MKL falls back to AUTO, whose result may
   differ), so the one branch that is the same on Intel and AMD is COMPATIBLE;
-- numpy (the synthetic data): NPY_DISABLE_CPU_FEATURES switches off its AVX-512 dispatch targets;
+- numpy (the synthetic data): NPY_DISABLE_CPU_FEATURES switches off its AVX-512 dispatch targets (numpy
+  2's names; names it does not know are ignored);
 - a fixed thread count, `REPRO_THREADS` (OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads):
   reductions split work by thread, so the bits depend on it;
 - torch.use_deterministic_algorithms(True): an op without a deterministic implementation raises
