@@ -5,6 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= quick
+# REPRO=1 (`make suite REPRO=1`, `make test REPRO=1`): the same bits on any x86-64 CPU with AVX2, the math
+# libraries' code paths pinned (workbench/repro.py, README "Reproducibility"); runs cached in runs/cache-repro/
+REPRO ?=
+ifeq ($(REPRO),1)
+export WORKBENCH_REPRO := 1
+endif
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
 export OMP_WAIT_POLICY := PASSIVE
@@ -44,6 +50,7 @@ bench: $(STAMP)
 	$(PY) -m workbench bench losses
 	$(PY) -m workbench bench step
 	$(PY) -m workbench bench contention
+	$(PY) -m workbench bench repro
 
 clean-runs:
 	rm -rf runs

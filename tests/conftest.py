@@ -5,6 +5,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see workbench/__init__.py)
 
+# workbench first: its thread settings, and WORKBENCH_REPRO=1's pinned code paths, before torch loads
+import workbench  # noqa: E402,F401
+
+# isort: split
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -1,5 +1,6 @@
 """`workbench.bench.contention`: the competitors it starts really run and stop, the measurement runs in
 this process and in a subprocess with another OpenMP wait policy, and the command ends with one JSON line.
+`workbench.bench.repro`: both numerical modes are timed, each in its own subprocess.
 (Tests assert behaviour, not timings: the ratios depend on the machine.)"""
 
 from __future__ import annotations
@@ -62,3 +63,19 @@ def test_command_prints_a_table_then_one_json_line(capsys):
     last = json.loads(lines[-1])
     assert last["bench"] == "contention" and len(last["rows"]) == 1
     assert last["vs_workbench_idle"] == last["slowdown"], "the workbench's row is measured against its own idle"
+
+
+def test_repro_is_registered():
+    assert BENCHES["repro"] == "workbench.bench.repro"
+
+
+@pytest.mark.slow  # two fresh interpreters, one per numerical mode
+def test_repro_command_times_both_modes_in_subprocesses_and_ends_with_one_json_line(capsys):
+    assert main(["bench", "repro", "--profile", "tiny", "--steps", "1", "--rounds", "1", "--warmup", "0"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    last = json.loads(lines[-1])
+    assert last["bench"] == "repro" and set(last["rows"]) == {"default", "repro"}
+    assert [r["mode"] for r in last["rows"]["repro"]] == ["repro"] and last["rows"]["default"][0]["mode"] == "default"
+    assert all(r["threads"] == 2 for rs in last["rows"].values() for r in rs), "both modes at the mode's thread count"
+    assert last["ratio"] == pytest.approx(last["step_s"]["repro"] / last["step_s"]["default"], rel=1e-2)
+    assert last["rows"]["default"][0]["weights"] != last["rows"]["repro"][0]["weights"], "different code paths"

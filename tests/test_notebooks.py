@@ -11,7 +11,7 @@ import time
 import nbformat
 import pytest
 
-from workbench import suite
+from workbench import repro, suite
 from workbench.cli import main as cli_main
 from workbench.paths import REPO_ROOT
 from workbench.report import write_report
@@ -185,7 +185,8 @@ def test_executed_notebook_shows_each_figure_once_and_its_runs(smoke_suite, name
     assert shown == saved, f"{name}: {saved} figures saved, {shown} shown (each figure once)"
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     text = "\n".join(o.get("text", "") for o in outputs)
-    assert "runs/cache/" in text and "profile smoke" in text, f"{name}: the setup cell prints its profile and runs"
+    assert f"runs/{repro.cache_folder_name()}/" in text and "profile smoke" in text, \
+        f"{name}: the setup cell prints its profile and runs"
 
 
 @pytest.mark.slow
@@ -238,7 +239,8 @@ def test_suite_shows_training_progress_and_keeps_the_notebook_clean(tmp_path, ca
     executed = nbformat.read(out / "a_train.ipynb", as_version=4)
     text = "\n".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "epoch" not in text and "training baseline" not in text, "no progress in the executed notebook"
-    assert "a warning the reader must see" in text and "threads 3" in text
+    threads = repro.REPRO_THREADS if repro.enabled() else 3  # WORKBENCH_REPRO=1 keeps its own thread count
+    assert "a warning the reader must see" in text and f"threads {threads}" in text
     assert "epoch 2/2" in (out / "logs" / "a_train.log").read_text()
 
 

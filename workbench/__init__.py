@@ -14,6 +14,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # burn the cores other jobs need (measured by `python -m workbench bench contention`). Read once, when
 # torch first loads OpenMP, so it must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# No thread team shrinks with the machine's load (OMP_DYNAMIC, MKL_DYNAMIC), and with WORKBENCH_REPRO=1 the
+# math libraries' CPU code paths are pinned (`workbench.repro`): also read when torch loads them.
+from workbench import repro as _repro  # noqa: E402
+
+_repro.apply_environment()
 
 __version__ = "0.1.0"
 

@@ -480,9 +480,12 @@ def versions() -> dict:
 
 
 def write_run_info(run_dir: Path, cfg_json: str, extra: dict | None = None) -> dict:
-    """config.json and run_info.json (versions, git commit, and `extra`) next to the checkpoints."""
+    """config.json and run_info.json (versions, git commit, the numerical mode and CPU (`workbench.repro.mode`),
+    and `extra`) next to the checkpoints."""
+    from workbench import repro
+
     ensure_folder(run_dir)
     atomic_write_text(run_dir / "config.json", cfg_json)
-    info = {"versions": versions(), "git_commit": git_commit(), **(extra or {})}
+    info = {"versions": versions(), "git_commit": git_commit(), "numerics": repro.mode(), **(extra or {})}
     atomic_write_text(run_dir / "run_info.json", json.dumps(info, indent=2))
     return info

@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from workbench import repro
 from workbench.checkpoint import git_commit, versions
 from workbench.config import PRESETS, Config
 from workbench.paths import REPO_ROOT, figures_dir, runs_dir
@@ -61,7 +62,7 @@ def _runs(profile: str, outcomes: Sequence) -> list[dict]:
     except Exception:  # a profile whose data cannot be described here: list nothing rather than fail the report
         return []
     out = []
-    for d in sorted((runs_dir() / "cache").glob("*")):
+    for d in sorted((runs_dir() / repro.cache_folder_name()).glob("*")):
         run = wanted.get(d)
         if run is None or not run.done:
             continue
@@ -229,7 +230,9 @@ def build_markdown(outcomes: Sequence, profile: str, root: Path, threads: int | 
     md = [f"# RobustSeg workbench: notebook suite report ({profile})", "",
           f"Code: {_commit_line(commit)}. {ok}/{len(outcomes)} notebooks ok"
           + (f", each kernel with {threads} threads (CPU numbers repeat bit for bit at one thread count)."
-             if threads else "."), ""]
+             if threads else ".")
+          + (" Numerical mode: repro (WORKBENCH_REPRO=1: the AVX2 code paths of ATen, oneDNN and MKL pinned, "
+             "README \"Reproducibility\")." if repro.enabled() else " Numerical mode: default."), ""]
     failures = [o for o in outcomes if o.status != "ok"]
     if failures:  # first: the summary below may be incomplete
         md += ["## Failures", ""]

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from workbench import evalcache
+from workbench import evalcache, repro
 from workbench import pretrain as P
 from workbench.checkpoint import checkpoint_config, checkpoint_problem, load_checkpoint, run_lock
 from workbench.config import Config, apply_overrides, overrides_dict, preset, pretraining_config
@@ -54,9 +54,10 @@ __all__ = ["Run", "cache_dir", "notebook_overrides", "as_overrides", "config_of"
 
 
 def cache_dir(cfg: Config) -> Path:
-    """Where the run of `cfg` is cached: `runs/cache/<name>-<profile>-s<seed>-<config hash>` (checked to stay
-    under `runs/cache`; `Config` already allows only safe names)."""
-    root = runs_dir() / "cache"
+    """Where the run of `cfg` is cached: `runs/cache/<name>-<profile>-s<seed>-<config hash>` (`runs/cache-repro/`
+    with WORKBENCH_REPRO=1: the two modes train different bits from one config, `workbench.repro`), checked to
+    stay under that folder (`Config` already allows only safe names)."""
+    root = runs_dir() / repro.cache_folder_name()
     return inside(root, root / f"{cfg.name}-{cfg.profile}-s{cfg.train.seed}-{cfg.hash()}")
 
 

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workbench import repro
 from workbench.errors import ConfigError, UnknownName
 from workbench.logs import StderrHandler
 from workbench.paths import REPO_ROOT, figures_dir, runs_dir
@@ -40,7 +41,7 @@ PROFILES = ("smoke", "quick", "study", "paper")
 KERNEL_NAME = "python3"
 # Threads of every kernel (torch, OpenMP, MKL): CPU results are bitwise repeatable only for one thread count,
 # so the committed figures are what `make suite` writes on any machine with this many threads.
-THREADS = 2
+THREADS = repro.REPRO_THREADS  # 2; WORKBENCH_REPRO=1 pins this count in every process (workbench.repro)
 # The file a kernel started by the suite writes its workbench log records to (one JSON object a line); the
 # suite tails it to show which run is training, its epoch and an ETA, and the notebook stays clean.
 SUITE_LOG_ENV = "WORKBENCH_SUITE_LOG"
@@ -113,6 +114,8 @@ def ensure_kernel(name: str = KERNEL_NAME, threads: int | None = THREADS) -> str
     argv = [sys.executable, "-m", "ipykernel_launcher", "--log-level=CRITICAL",
             "--IPKernelApp.exec_lines=import workbench.suite; workbench.suite.log_to_suite()", "-f", "{connection_file}"]
     env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if threads else {}
+    # the numerical mode's environment (workbench.repro), read when torch loads: explicit here, not only inherited
+    env |= repro.environment() | ({repro.ENV_FLAG: "1"} if repro.enabled() else {})
     spec = {"argv": argv, "env": env, "display_name": "Python 3 (workbench)", "language": "python",
             "metadata": {"debugger": True}}
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))

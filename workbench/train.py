@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from workbench import preflight
+from workbench import preflight, repro
 from workbench.checkpoint import (
     atomic_write_text,
     load_checkpoint,
@@ -283,6 +283,7 @@ def _resume(run: _Loop) -> int:
     if state.get("config_hash") != run.cfg.hash():
         raise CheckpointError(f"{run.last_path} was written by a different config (hash {state.get('config_hash')} "
                               f"vs {run.cfg.hash()}); resume with the same preset and --set overrides")
+    repro.check_resume(state.get("run_info", {}).get("numerics"), run.last_path)  # the mode it started in
     load_state_strict(run.method.model, state["model"])
     run.method.load_state_dict(state["method"])
     run.optimizer.load_state_dict(state["optimizer"])

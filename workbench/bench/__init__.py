@@ -6,4 +6,5 @@ BENCHES = {
     "losses": "workbench.bench.losses",  # vectorized HPD losses vs loop references
     "step": "workbench.bench.step",  # a RobustSeg training step vs a baseline step
     "contention": "workbench.bench.contention",  # the training step beside a busy process, sleeping vs spinning
+    "repro": "workbench.bench.repro",  # the training step with the math libraries' code paths pinned vs default
 }

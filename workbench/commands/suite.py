@@ -8,7 +8,7 @@ import logging
 import time
 from pathlib import Path
 
-from workbench import selfcheck
+from workbench import repro, selfcheck
 from workbench import suite as S
 from workbench.checkpoint import git_commit
 from workbench.errors import MissingFile
@@ -49,8 +49,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out_dir = args.out or runs_dir() / "suite" / args.profile
     threads = args.threads or None
-    log.info("profile %s: %d notebooks -> %s; figures -> %s; %s", args.profile, len(notebooks), relative(out_dir),
-             relative(figures_dir()), f"{threads} threads per kernel" if threads else "the machine's thread count")
+    if repro.enabled() and threads != repro.REPRO_THREADS:  # the mode's bits are those of its thread count
+        log.warning("WORKBENCH_REPRO=1 pins %d threads per kernel (--threads %s is ignored)", repro.REPRO_THREADS,
+                    args.threads)
+        threads = repro.REPRO_THREADS
+    log.info("profile %s: %d notebooks -> %s; figures -> %s; %s; numerical mode %s", args.profile, len(notebooks),
+             relative(out_dir), relative(figures_dir()),
+             f"{threads} threads per kernel" if threads else "the machine's thread count", repro.mode_name())
     committed = selfcheck.snapshot(figures_dir(), args.profile)  # the figures as they were before this run
     t0 = time.perf_counter()
     outcomes = S.run_suite(notebooks, args.notebooks, out_dir, args.profile, extra, args.cell_progress,
