@@ -279,8 +279,8 @@ def test_select_and_params():
     assert suite.parse_param("seeds=[0,1]") == ("seeds", [0, 1])
     assert suite.parse_param("dataset=deliver") == ("dataset", "deliver")
     params = suite.parameters_for(REPO_ROOT / "notebooks" / "02_ablations.ipynb", "02_ablations", "quick", {"seed": 3})
-    assert params == {"profile": "quick", "methods": ["baseline", "basic_kd", "ifv_cross", "cpd", "ifv_cpd", "hpd",
-                                                  "robustseg"], "seeds": [0], "seed": 3}
+    assert params == {"profile": "quick", "methods": ["baseline", "baseline_long", "dropout_only", "basic_kd", "ifv_cross",
+                                                  "cpd", "ifv_cpd", "hpd", "robustseg"], "seeds": [0], "seed": 3}
     params = suite.parameters_for(REPO_ROOT / "notebooks" / "06_sliders.ipynb", "06_sliders", "paper", {})
     assert params == {"profile": "paper", "dataset": "deliver", "data_root": "data/DELIVER"}
 

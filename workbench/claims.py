@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench import preflight
+from workbench.errors import ConfigError, UnknownName
 from workbench.evaluate import CombinationResults
 from workbench.methods import TERMS
 from workbench.paths import figures_dir
@@ -63,6 +64,14 @@ ROWS: tuple[Row, ...] = (
 )
 # KD's weight lambda (basic KD under Anymodal Dropout): the rows that trace it, lambda = 0 being dropout alone
 LAMBDA_LINE: tuple[tuple[float, str], ...] = ((0.0, "dropout_only"), (5.0, "basic_kd_l5"), (50.0, "basic_kd"))
+
+
+def row_named(key: str) -> Row:
+    """The row of `ROWS` called `key`, or an UnknownName listing them."""
+    for r in ROWS:
+        if r.key == key:
+            return r
+    raise UnknownName(f"unknown claim-table row {key!r}; valid: {', '.join(r.key for r in ROWS)}")
 
 
 @dataclass(frozen=True)
@@ -151,11 +160,18 @@ class ClaimTable:
 
 def run_claims(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), overrides=None, split: str = "test",
                protocols: Sequence[str] = ("drop", "zero"), claims: Sequence[Claim] = CLAIMS,
-               rows: Sequence[Row] = ROWS, out: str | Path | None = None, progress: bool = True) -> ClaimTable:
+               rows: Sequence[Row | str] = ROWS, out: str | Path | None = None, progress: bool = True) -> ClaimTable:
     """Train or reuse every row at every seed (seed-major: a partial study covers every row), evaluate
-    them on `split`, and judge each claim under each protocol. Writes the CSVs (the verdicts, and the
-    per-seed rows with each row's loss weights and gradient shares in `<out>_seeds.csv`)."""
+    them on `split`, and judge each claim under each protocol. `rows` (rows or their keys) limits the study to
+    the claims that compare two of them. Writes the CSVs (the verdicts, and the per-seed rows with each row's
+    loss weights and gradient shares in `<out>_seeds.csv`)."""
+    rows = [row_named(r) if isinstance(r, str) else r for r in rows]
     seeds = distinct_seeds(seeds)
+    available = {r.key for r in rows}
+    claims = [c for c in claims if {c.a.partition(":")[0], c.b.partition(":")[0]} <= available]
+    if not claims:
+        raise ConfigError(f"no claim compares two of the rows {', '.join(sorted(available))}; add rows (all: "
+                          f"{', '.join(r.key for r in ROWS)})")
     needed = {n.partition(":")[0] for c in claims for n in (c.a, c.b)}
     rows = [r for r in rows if r.key in needed or r.key in dict(LAMBDA_LINE).values()]
     preflight.split(config_of(rows[0].preset, profile, seeds[0], overrides), split)  # before any training

@@ -30,8 +30,8 @@ PAPER_ABLATION = {
     "ifv_cross": (43.42, 53.38), "cpd": (49.06, 60.11), "ifv_cpd": (48.63, 61.11), "hpd": (49.10, 61.26),
     "robustseg": (49.91, 61.85), "anyseg_approx": (47.51, 59.41),  # beside the approximation: AnySeg's own numbers
 }
-ABLATION_ORDER = ("baseline", "basic_kd", "ifv_single", "ifv_cross", "cpd", "ifv_cpd", "hpd", "robustseg",
-                  "anyseg_approx")
+ABLATION_ORDER = ("baseline", "baseline_long", "dropout_only", "basic_kd", "ifv_single", "ifv_cross", "cpd", "ifv_cpd",
+                  "hpd", "robustseg", "anyseg_approx")  # with the compute-matched controls (docs/METHOD.md, "Controls")
 
 
 SHARES = tuple(t.name for t in TERMS)  # the distillation terms whose gradient share a row reports
