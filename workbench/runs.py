@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from workbench import timing
 from workbench.checkpoint import atomic_write_text, checkpoint_problem, load_checkpoint, run_lock
 from workbench.config import Config, apply_overrides, preset, split_override
 from workbench.data import Collate, dataset_from_config
@@ -129,8 +130,13 @@ class Run:
             return Run.at(self.config.distill.teacher)
         return Run.from_config(self.config.teacher_config())
 
+    @property
+    def label(self) -> str:
+        """`method (profile, seed N)`: the run in a log line."""
+        return f"{self.config.name} ({self.config.profile}, seed {self.config.train.seed})"
+
     def __str__(self) -> str:
-        return f"{self.config.name} ({self.config.profile}, seed {self.config.train.seed}) at {self.dir}"
+        return f"{self.label} at {self.dir}"
 
     # -- training ---------------------------------------------------------------------------------
     def ensure(self, progress: bool = True, retrain: bool = False) -> Run:
@@ -155,12 +161,14 @@ class Run:
         log.info("training %s%s", self, f" with {RS.describe(RS.configured_weights(d))} (gradient_share)"
                  if d.enabled and d.weights_resolved else "")
         if not (retrain and self.dir.exists()):
-            train(self.config, self.dir, resume=True, progress=progress, teacher_checkpoint=teacher_checkpoint)
+            with timing.timed("training", self.label):
+                train(self.config, self.dir, resume=True, progress=progress, teacher_checkpoint=teacher_checkpoint)
             return self
         fresh, old = self.dir.with_name(f".{self.dir.name}.retrain"), self.dir.with_name(f".{self.dir.name}.old")
         with run_lock(self.dir):  # nobody writes the old run while its replacement trains
             shutil.rmtree(fresh, ignore_errors=True)
-            train(self.config, fresh, resume=False, progress=progress, teacher_checkpoint=teacher_checkpoint)
+            with timing.timed("training", self.label):
+                train(self.config, fresh, resume=False, progress=progress, teacher_checkpoint=teacher_checkpoint)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(self.dir, old)
             os.replace(fresh, self.dir)
@@ -212,7 +220,8 @@ class Run:
                     return load(entry["results"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 log.warning("evaluation cache %s is unreadable (%s); computing it again", path, e)
-        res = compute()
+        with timing.timed("probe" if kind == "norms" else "evaluation", f"{self.label} {kind} {key['split']}"):
+            res = compute()
         atomic_write_text(path, json.dumps({"key": key, "source": source, "results": dump(res)}))
         return res
 

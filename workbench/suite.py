@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workbench import timing
 from workbench.errors import ConfigError, UnknownName
 from workbench.logs import StderrHandler
 from workbench.paths import REPO_ROOT, runs_dir
@@ -92,6 +93,8 @@ class Outcome:
     parameters: dict = field(default_factory=dict)
     error: str = ""
     cell: str = ""  # the failing cell: index, execution count, first lines of its source
+    started: float = 0.0  # time.time() when papermill was called (the kernel's start-up counts from here)
+    log: Path | None = None  # the kernel's log records (JSON lines; `workbench.timing` records included)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,8 +177,10 @@ def parameters_for(path: Path, name: str, profile: str, extra: dict) -> dict:
 
 class _JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"t": record.created, "name": record.name, "level": record.levelname,
-                           "message": record.getMessage()})
+        out = {"t": record.created, "name": record.name, "level": record.levelname, "message": record.getMessage()}
+        if (t := timing.record_timing(record)) is not None:
+            out["timing"] = t
+        return json.dumps(out)
 
 
 def log_to_suite() -> None:
@@ -195,6 +200,9 @@ def log_to_suite() -> None:
     logger.addHandler(to_file)
     logger.addHandler(to_notebook)
     logger.propagate = False
+    logging.getLogger(timing.log.name).setLevel(logging.DEBUG)  # the timers' records, for `bench suite`
+    timing.log.debug("kernel ready", extra={"timing": {"kind": "ready", "label": "", "seconds": 0.0, "self": 0.0,
+                                                       "parts": {}, "child": False}})
 
 
 _TRAINING = re.compile(r"^training (?P<run>.+?\(\w+, seed \d+\))")
@@ -244,6 +252,8 @@ class Tail(threading.Thread):
                 rec = json.loads(raw)
             except json.JSONDecodeError:
                 continue
+            if "timing" in rec:  # durations for `bench suite`, not progress
+                continue
             level = logging.getLevelName(rec.get("level", "INFO"))
             log.log(level if isinstance(level, int) else logging.INFO, "%s", self.progress.line(rec))
 
@@ -271,8 +281,8 @@ def execute(nb: Notebook, src: Path, out_dir: Path, profile: str, kernel: str, e
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    outcome = Outcome(nb.name, executed=out_dir / src.name)
     kernel_log = out_dir / "logs" / f"{nb.name}.log"
+    outcome = Outcome(nb.name, executed=out_dir / src.name, started=time.time(), log=kernel_log)
     kernel_log.parent.mkdir(parents=True, exist_ok=True)
     kernel_log.write_text("")
     os.environ[SUITE_LOG_ENV] = str(kernel_log)  # the kernel inherits it: see log_to_suite

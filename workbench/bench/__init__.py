@@ -6,4 +6,5 @@ BENCHES = {
     "losses": "workbench.bench.losses",  # vectorized HPD losses vs loop references
     "step": "workbench.bench.step",  # a RobustSeg training step vs a baseline step
     "contention": "workbench.bench.contention",  # the training step beside a busy process, sleeping vs spinning
+    "suite": "workbench.bench.suite",  # the cold notebook suite's wall time by part
 }

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
+
+from workbench import timing
 
 from workbench.data import synthetic as syn
 from workbench.data.base import MultiModalDataset
@@ -72,7 +76,9 @@ class SyntheticDataset(MultiModalDataset):
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         if self._cache is not None and index in self._cache:
             return self._cache[index]
+        t0 = time.perf_counter()
         raw = syn.render_sample(self.seed, self.split, index, self.size, self.condition, self.case)
+        timing.add("render", time.perf_counter() - t0)
         sample = {m: torch.from_numpy(raw[m]) for m in self.all_modalities}
         sample["label"] = torch.from_numpy(raw["label"])
         sample["meta"] = raw["meta"]
