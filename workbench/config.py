@@ -171,9 +171,10 @@ class TrainConfig(_Checked):
     max_steps: int | None = None  # stop early (smoke runs, benchmarks)
     sync_bn: bool = False  # DDP only
     log: MetricsLog = "jsonl"  # tensorboard: also TensorBoard event files in the run folder (pip install -e .[tensorboard])
+    log_every: int = 20  # steps whose metrics records are copied to the host at once (every step is recorded)
 
     def check(self) -> None:
-        for key in ("epochs", "lr", "ckpt_every"):
+        for key in ("epochs", "lr", "ckpt_every", "log_every"):
             _positive(f"train.{key}", getattr(self, key))
         for key in ("weight_decay", "warmup_epochs", "poly_power", "val_every"):
             _positive(f"train.{key}", getattr(self, key), allow_zero=True)
@@ -346,7 +347,7 @@ class Config(_Checked):
         """Stable identity for caching: everything that changes the trained weights."""
         d = self.to_dict()
         d.pop("name"), d.pop("profile")
-        for k in ("device", "val_every", "ckpt_every", "log"):
+        for k in ("device", "val_every", "ckpt_every", "log", "log_every"):
             d["train"].pop(k)
         d["data"].pop("num_workers")
         if not self.distill.enabled:  # a baseline is the same run whatever the (unused) loss weights say

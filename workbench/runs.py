@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -46,7 +47,8 @@ from workbench.train import resolve_device, train
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Run", "cache_dir", "notebook_overrides", "as_overrides", "resolve_weights", "probe_norms"]
+__all__ = ["Run", "cache_dir", "notebook_overrides", "as_overrides", "resolve_weights", "probe_norms",
+           "train_side_by_side"]
 
 
 def cache_dir(cfg: Config) -> Path:
@@ -174,6 +176,15 @@ class Run:
             os.replace(fresh, self.dir)
         shutil.rmtree(old, ignore_errors=True)
         return self
+
+    @staticmethod
+    def ensure_many(runs: Sequence[Run], jobs: int | None = None, progress: bool = False) -> list[Run]:
+        """`ensure` every run in `runs` (and the teachers they start from), `jobs` trainings at a time side by
+        side (default: this process's thread count), each at one thread (see `train_side_by_side`); the runs,
+        all done. Every run trained here has exactly the weights `ensure` gives at one thread, whatever `jobs`
+        is and in whatever order the runs finish."""
+        train_side_by_side(list(runs), jobs, progress)
+        return list(runs)
 
     def _require(self) -> None:
         if not self.done:
@@ -327,3 +338,86 @@ def _measure_norms(cfg: Config, probe_checkpoint: Path, teacher_checkpoint: Path
     draws = Draws.for_epoch(mcfg.train.seed, 1)
     rows = [method.term_gradient_norms(batch, draws) for batch in islice(loader, cfg.distill.probe_batches)]
     return {t: sum(r[t] for r in rows) / len(rows) for t in rows[0]}
+
+
+# -- independent trainings side by side --------------------------------------------------------------
+
+def _pending(runs: Sequence[Run]) -> list[Run]:
+    """The runs still to train, each after the teacher it starts from (teachers first, once each)."""
+    todo: dict[Path, Run] = {}
+    for r in runs:
+        if r.config.distill.enabled and r.config.distill.teacher is None:
+            t = r.teacher
+            if not t.done:
+                todo.setdefault(t.dir, t)
+        if not r.done:
+            todo.setdefault(r.dir, r)
+    return list(todo.values())
+
+
+def _ready(run: Run) -> bool:
+    """Its teacher (if it trains from one that `ensure` would train) is done."""
+    d = run.config.distill
+    return not d.enabled or d.teacher is not None or run.teacher.done
+
+
+def _start_child() -> None:
+    """A process that trains beside others: one thread, its log records where the parent's go."""
+    torch.set_num_threads(1)
+    from workbench.logs import log_to_suite, setup_logging
+
+    if log_to_suite(ready=False):
+        timing.mark_child()
+    else:
+        setup_logging()
+
+
+def _train_child(config: Config, directory: str) -> str:
+    Run(config, Path(directory)).ensure(progress=False)
+    return directory
+
+
+def train_side_by_side(runs: Sequence[Run], jobs: int | None = None, progress: bool = False) -> None:
+    """Train the runs of `runs` that are not done yet (a student's teacher first), at one thread each: `jobs`
+    at a time side by side in processes of their own (default: this process's thread count), else (jobs=1)
+    one after another here. Small models use two threads poorly, so on a 2-core machine two one-thread
+    trainings side by side finish well before the same two at two threads one after another
+    (`python -m workbench bench train` measures it). CPU results are bitwise repeatable for one thread
+    count: every run trained here equals `ensure()` at one thread. On a GPU the runs train here, one after
+    another (one device)."""
+    todo = _pending(runs)
+    if not todo:
+        return
+    jobs = max(1, min(jobs or torch.get_num_threads(), len(todo)))
+    if resolve_device(todo[0].config.train.device).type != "cpu" or jobs == 1:
+        threads = torch.get_num_threads()
+        on_cpu = resolve_device(todo[0].config.train.device).type == "cpu"
+        try:
+            if on_cpu:
+                torch.set_num_threads(1)
+            for r in todo:
+                r.ensure(progress=progress)
+        finally:
+            torch.set_num_threads(threads)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    log.info("training %d runs side by side, %d at a time (one thread each)", len(todo), jobs)
+    waiting, running = list(todo), {}
+    with timing.timed("training", f"{len(todo)} runs side by side ({jobs} at a time)"), ProcessPoolExecutor(
+            jobs, mp_context=mp.get_context("spawn"), initializer=_start_child) as pool:
+        try:
+            while waiting or running:
+                for r in [r for r in waiting if _ready(r)][: jobs - len(running)]:
+                    waiting.remove(r)
+                    running[pool.submit(_train_child, r.config, str(r.dir))] = r
+                if not running:  # a teacher that is not in `runs` and failed: nothing can start
+                    raise CheckpointError(f"{waiting[0]} waits for its teacher, which did not train")
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    running.pop(f)
+                    f.result()  # a run that failed stops the rest, with its own error
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise

@@ -28,9 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench import timing
 from workbench.errors import ConfigError, UnknownName
-from workbench.logs import StderrHandler
+from workbench.logs import SUITE_LOG_ENV, log_to_suite  # noqa: F401 (a kernel runs workbench.suite.log_to_suite)
 from workbench.paths import REPO_ROOT, runs_dir
 from workbench.report import clock, relative
 
@@ -42,9 +41,6 @@ KERNEL_NAME = "python3"
 # Threads of every kernel (torch, OpenMP, MKL): CPU results are bitwise repeatable only for one thread count,
 # so the committed figures are what `make suite` writes on any machine with this many threads.
 THREADS = 2
-# The file a kernel started by the suite writes its workbench log records to (one JSON object a line); the
-# suite tails it to show which run is training, its epoch and an ETA, and the notebook stays clean.
-SUITE_LOG_ENV = "WORKBENCH_SUITE_LOG"
 
 
 @dataclass(frozen=True)
@@ -174,36 +170,6 @@ def parameters_for(path: Path, name: str, profile: str, extra: dict) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # Progress: the kernel's log records, shown by the suite
-
-class _JsonLines(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"t": record.created, "name": record.name, "level": record.levelname, "message": record.getMessage()}
-        if (t := timing.record_timing(record)) is not None:
-            out["timing"] = t
-        return json.dumps(out)
-
-
-def log_to_suite() -> None:
-    """In a kernel the suite started (it runs this first): the workbench's INFO records go to the file
-    named by WORKBENCH_SUITE_LOG, which the suite shows as progress; warnings also go to the notebook.
-    Anywhere else (JupyterLab, a script) it does nothing."""
-    path = os.environ.get(SUITE_LOG_ENV)
-    if not path:
-        return
-    logger = logging.getLogger("workbench")
-    logger.setLevel(logging.INFO)
-    to_file = logging.FileHandler(path, encoding="utf-8")
-    to_file.setFormatter(_JsonLines())
-    to_notebook = StderrHandler()  # warnings and errors still show in the notebook
-    to_notebook.setLevel(logging.WARNING)
-    to_notebook.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
-    logger.addHandler(to_file)
-    logger.addHandler(to_notebook)
-    logger.propagate = False
-    logging.getLogger(timing.log.name).setLevel(logging.DEBUG)  # the timers' records, for `bench suite`
-    timing.log.debug("kernel ready", extra={"timing": {"kind": "ready", "label": "", "seconds": 0.0, "self": 0.0,
-                                                       "parts": {}, "child": False}})
-
 
 _TRAINING = re.compile(r"^training (?P<run>.+?\(\w+, seed \d+\))")
 _EPOCH = re.compile(r"^\S+ epoch (?P<epoch>\d+)/(?P<epochs>\d+): (?P<rest>.*)$", re.S)

@@ -14,7 +14,7 @@ with no timer open is sent on its own once a second of it has gathered (and when
 long each run took, not where the suite's wall time went (its parent times the whole side-by-side block).
 
 Nothing is shown unless a handler asks for DEBUG records of `workbench.timing` (the suite's kernels do:
-`workbench.suite.log_to_suite`); the cost is a clock read and one record per timer.
+`workbench.logs.log_to_suite`); the cost is a clock read and one record per timer.
 """
 
 from __future__ import annotations

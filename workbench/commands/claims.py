@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.commands.common import add_quiet
+from workbench.commands.common import add_jobs, add_quiet
 from workbench.config import PROFILES
 
 
@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="the split the rows are scored on")
     p.add_argument("--out", default=None, help="CSV path (default figures/claims_<profile>.csv)")
     add_quiet(p)
+    add_jobs(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
 
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = run_claims(args.profile, seeds, overrides=args.set, split=args.split, out=args.out,
-                      progress=not args.quiet)
+                      progress=not args.quiet, jobs=args.jobs)
     print(format_claims(rows))
     return 0

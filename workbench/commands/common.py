@@ -38,6 +38,12 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars and no progress messages")
 
 
+def add_jobs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs trained side by side, one thread each (default: torch's thread count; 1: one after "
+                        "another in this process, at one thread); see workbench.runs.train_side_by_side")
+
+
 def parse_list(text: str, option: str, kind: type = str) -> list:
     """A comma-separated option value as a list of `kind`, or a ConfigError naming the option."""
     items = [t.strip() for t in text.split(",") if t.strip()]

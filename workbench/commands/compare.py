@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.commands.common import add_quiet
+from workbench.commands.common import add_jobs, add_quiet
 from workbench.config import PROFILES
 from workbench.errors import ConfigError
 
@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override applied to every method, e.g. data.root=data/DELIVER")
     p.add_argument("--out", default=None, help="CSV path (default figures/compare_<profile>.csv)")
     add_quiet(p)
+    add_jobs(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +34,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--seeds names no seed; give e.g. --seeds 0,1,2")
     methods = [m for m in args.methods.split(",") if m] if args.methods else None
     cmp = run_compare(args.profile, seeds, methods, overrides=args.set, out=args.out, split=args.split,
-                      progress=not args.quiet)
+                      progress=not args.quiet, jobs=args.jobs)
     print(format_table(cmp))
     return 0
