@@ -190,7 +190,8 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, r
 
     # the method owns the models and the losses of a step (workbench.methods); this loop owns the rest
     method = build_method(cfg, train_ds, device, ctx, teacher_checkpoint)
-    optimizer = torch.optim.AdamW(param_groups(method.model, cfg.train.weight_decay), lr=cfg.train.lr)
+    # foreach: AdamW over all tensors at once (bitwise the one-tensor loop's result, faster on a CPU; `bench train`)
+    optimizer = torch.optim.AdamW(param_groups(method.model, cfg.train.weight_decay), lr=cfg.train.lr, foreach=True)
     total = cfg.train.epochs * len(loader)
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)

@@ -6,5 +6,7 @@ BENCHES = {
     "losses": "workbench.bench.losses",  # vectorized HPD losses vs loop references
     "step": "workbench.bench.step",  # a RobustSeg training step vs a baseline step
     "contention": "workbench.bench.contention",  # the training step beside a busy process, sleeping vs spinning
+    "train": "workbench.bench.train",
+    "gpu": "workbench.bench.gpu",  # the step part by part on one device, per profile (MFU, peak memory, compile)  # the quick baseline step's FLOP rate against the machine's matmul
     "suite": "workbench.bench.suite",  # the cold notebook suite's wall time by part
 }

@@ -203,7 +203,7 @@ class Distiller(Student):
         if d.feedback:
             self.teacher_opt = torch.optim.AdamW(self._teacher_encoder_params(),
                                                  lr=cfg.train.lr * d.feedback_lr_scale,
-                                                 weight_decay=cfg.train.weight_decay)
+                                                 weight_decay=cfg.train.weight_decay, foreach=True)
         self._cache: dict = {}
 
     def _reset_counts(self) -> None:
