@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from workbench import timing
 from workbench.checkpoint import (
     atomic_write_text,
     load_checkpoint,
@@ -259,7 +260,8 @@ def _train(cfg: Config, run_dir: Path, ctx: DistContext, device: torch.device, r
         ctx.broadcast_buffers(method.model)
         # evaluate every combination on val: every `val_every` epochs and after the last one
         if last_epoch or (cfg.train.val_every and (epoch + 1) % cfg.train.val_every == 0):
-            last_val = _validate(run, val_loader, val_ds, batch, device)
+            with timing.timed("validation", cfg.name):
+                last_val = _validate(run, val_loader, val_ds, batch, device)
         _log_epoch(run, entry, last_val)
         # checkpoint
         if (epoch + 1) % cfg.train.ckpt_every == 0 or last_epoch:

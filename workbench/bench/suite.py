@@ -3,8 +3,9 @@
 Runs the suite (`workbench.suite`, all notebooks of `--profile`, or `--only` some) with a fresh runs folder
 and a scratch figures folder (cold: nothing trained, nothing rendered; `--runs` reuses a folder), writes its
 report there, then adds up, per notebook, the timers the kernels logged (`workbench.timing`): kernel
-start-up (papermill's call to the kernel's first record), rendering the synthetic data, each training run,
-evaluation (test-split combinations, RMM, NM), the gradient-share probe, t-SNE, writing figures, and
+start-up (papermill's call to the kernel's first record), rendering the synthetic data, each training run
+(its periodic validation apart), evaluation (test-split combinations, RMM, NM), the gradient-share probe,
+t-SNE, writing figures, and
 `other` (the rest of the notebook's wall time: imports, plotting, predictions, kernel shut-down). Each
 second is counted once, under the innermost timer that holds it (rendering inside a training run counts
 as rendering). Trainings run side by side (`Run.ensure_many`) count as one `training` block of wall time;
@@ -23,7 +24,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-COLUMNS = ("kernel", "render", "training", "probe", "evaluation", "tsne", "figures", "report")
+COLUMNS = ("kernel", "render", "training", "validation", "probe", "evaluation", "tsne", "figures", "report")
 
 
 def _records(path: Path | None) -> list[dict]:

@@ -13,6 +13,8 @@ of running it:
   change the rounding (the largest weight difference after the timed steps is printed).
 
 The ways take their steps in turn (round robin), so the drifting load of a shared machine weighs on all alike.
+`--clock cpu` times at one thread with the thread's CPU time (`time.thread_time`), which other processes on a
+shared machine barely change (wall time at load 7 on 2 cores is several times the quiet one).
 
 `achieved / matmul` is the step's GFLOP/s over the matmul's (the issue's target: >= 0.4). Then `--pairs`
 pairs of quick baseline trainings of `--steps` steps each: one process at the thread count, one run after
@@ -60,7 +62,8 @@ def step_flops(method, batch: dict, draws) -> int:
     return fc.get_total_flops()
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5, dtype=torch.float32, device: str = "cpu") -> float:
+def matmul_gflops(n: int = 2048, repeats: int = 5, dtype=torch.float32, device: str = "cpu",
+                  clock=time.perf_counter) -> float:
     """The best rate of an n x n matmul (GFLOP/s)."""
     a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     a @ b
@@ -68,11 +71,11 @@ def matmul_gflops(n: int = 2048, repeats: int = 5, dtype=torch.float32, device: 
     for _ in range(repeats):
         if device != "cpu":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = clock()
         a @ b
         if device != "cpu":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return 2 * n**3 / best / 1e9
 
 
@@ -119,17 +122,17 @@ class Stepper:
         self.draws, self.i, self.times = Draws.for_epoch(0, 0), 0, []
         self.rng = torch.Generator().manual_seed(1)  # head dropout: the same draws for every variant
 
-    def step(self, timed: bool) -> None:
+    def step(self, timed: bool, clock=time.perf_counter) -> None:
         self.method.train()
         rng = torch.get_rng_state()
         torch.set_rng_state(self.rng.get_state())
-        t0 = time.perf_counter()
+        t0 = clock()
         loss = self.method.training_step(self.batches[self.i % len(self.batches)], self.draws)["loss"]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         if timed:
-            self.times.append(time.perf_counter() - t0)
+            self.times.append(clock() - t0)
         self.rng.set_state(torch.get_rng_state())
         torch.set_rng_state(rng)
         self.i += 1
@@ -143,18 +146,19 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
 
 
-def bench_step(profile: str, variants: list[str], steps: int, warmup: int, batches: int) -> dict:
+def bench_step(profile: str, variants: list[str], steps: int, warmup: int, batches: int, clock=time.perf_counter
+               ) -> dict:
     from workbench.methods import Draws, Supervised
 
     cfg, model, data = _setup(profile, batches)
     method = Supervised(cfg, copy.deepcopy(model))
     method.train()
     flops = step_flops(method, data[0], Draws.for_epoch(0, 0))
-    matmul = matmul_gflops()
+    matmul = matmul_gflops(clock=clock)
     steppers = {name: Stepper(cfg, model, data, *VARIANTS[name]) for name in variants}
     for i in range(warmup + steps):  # round robin: a shared machine's drifting load weighs on every way alike
         for s in steppers.values():
-            s.step(timed=i >= warmup)
+            s.step(timed=i >= warmup, clock=clock)
     rows, ref = [], None
     for name, s in steppers.items():
         seconds, weights = s.median, s.method.model.state_dict()
@@ -237,6 +241,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", type=int, default=1, help="pairs of trainings timed one after another vs side by side "
                    "(0: skip)")
     p.add_argument("--train-steps", type=int, default=60, help="steps of each timed training")
+    p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                   help="wall: wall time at torch's thread count; cpu: one thread, its CPU time (for a shared machine)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -247,9 +253,17 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise UnknownName(f"unknown variant {unknown[0]!r}; valid: {', '.join(VARIANTS)}")
     load = os.getloadavg()
-    r = bench_step(args.profile, variants, args.steps, args.warmup, args.batches)
+    threads = torch.get_num_threads()
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
+    try:
+        r = bench_step(args.profile, variants, args.steps, args.warmup, args.batches,
+                       time.thread_time if args.clock == "cpu" else time.perf_counter)
+    finally:
+        torch.set_num_threads(threads)
     print(f"{r['profile']} baseline step (batch {r['batch']} at {r['size']}px): {r['gflop_per_step']:.2f} GFLOP "
-          f"forward+backward; fp32 matmul {r['matmul_gflops']:.1f} GFLOP/s; {r['threads']} threads")
+          f"forward+backward; fp32 matmul {r['matmul_gflops']:.1f} GFLOP/s; {r['threads']} threads, "
+          f"{'CPU time' if args.clock == 'cpu' else 'wall time'}")
     print(f"{'variant':<15}{'step ms':>9}{'img/s':>8}{'GFLOP/s':>9}{'achieved/matmul':>17}  bitwise as before")
     for row in r["rows"]:
         print(f"{row['variant']:<15}{1e3 * row['step_s']:>9.1f}{row['images_per_s']:>8.1f}{row['gflops']:>9.1f}"
@@ -265,7 +279,8 @@ def run(args: argparse.Namespace) -> int:
           f"after {'/'.join(f'{x:.2f}' for x in load_after)}; {os.cpu_count()} CPUs")
     rows = {row["variant"]: row for row in r["rows"]}
     ours = rows.get("workbench", r["rows"][-1])
-    print(json.dumps({"bench": "train", "profile": r["profile"], "ratio": round(ours["ratio"], 3), "target": TARGET,
+    print(json.dumps({"bench": "train", "profile": r["profile"], "clock": args.clock, "threads": r["threads"],
+                      "ratio": round(ours["ratio"], 3), "target": TARGET,
                       "images_per_s": {k: round(v["images_per_s"], 1) for k, v in rows.items()},
                       "gflop_per_step": round(r["gflop_per_step"], 3), "matmul_gflops": round(r["matmul_gflops"], 1),
                       "side_by_side": side, "load_before": [round(x, 2) for x in load],
