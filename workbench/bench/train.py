@@ -201,9 +201,10 @@ def _wait(procs: list[subprocess.Popen]) -> None:
             raise RuntimeError(f"a timed training failed:\n{err[-2000:]}")
 
 
-def bench_side_by_side(profile: str, steps: int, pairs: int, threads: int) -> dict:
+def bench_side_by_side(profile: str, steps: int, pairs: int, threads: int, rounds: int = 1) -> dict:
     """Wall seconds of 2 x `pairs` trainings: one process at `threads` threads, one after the other, against
-    two one-thread processes side by side (each process start counted, as in the suite)."""
+    two one-thread processes side by side (each process start counted, as in the suite); the two ways take
+    turns `rounds` times and the totals are compared."""
     from workbench.config import preset
     from workbench.data import dataset_from_config
 
@@ -218,14 +219,17 @@ def bench_side_by_side(profile: str, steps: int, pairs: int, threads: int) -> di
                     ds.load(i)
         finally:
             os.environ.pop("WORKBENCH_RUNS") if saved is None else os.environ.update(WORKBENCH_RUNS=saved)
-        t0 = time.perf_counter()
-        _wait([_trainings(profile, steps, seeds, threads, tmp)])
-        sequential = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        _wait([_trainings(profile, steps, seeds[0::2], 1, tmp), _trainings(profile, steps, seeds[1::2], 1, tmp)])
-        side = time.perf_counter() - t0
-    return {"profile": profile, "runs": len(seeds), "steps": steps, "threads": threads, "sequential_s": sequential,
-            "side_by_side_s": side, "speedup": sequential / side}
+        sequential, side = [], []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            _wait([_trainings(profile, steps, seeds, threads, tmp)])
+            sequential.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            _wait([_trainings(profile, steps, seeds[0::2], 1, tmp), _trainings(profile, steps, seeds[1::2], 1, tmp)])
+            side.append(time.perf_counter() - t0)
+    return {"profile": profile, "runs": len(seeds), "steps": steps, "threads": threads, "rounds": rounds,
+            "sequential_s": sum(sequential) / rounds, "side_by_side_s": sum(side) / rounds,
+            "each": {"sequential_s": sequential, "side_by_side_s": side}, "speedup": sum(sequential) / sum(side)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -241,6 +245,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", type=int, default=1, help="pairs of trainings timed one after another vs side by side "
                    "(0: skip)")
     p.add_argument("--train-steps", type=int, default=60, help="steps of each timed training")
+    p.add_argument("--rounds", type=int, default=1, help="times the two ways of training take turns")
     p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                    help="wall: wall time at torch's thread count; cpu: one thread, its CPU time (for a shared machine)")
 
@@ -269,11 +274,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{row['variant']:<15}{1e3 * row['step_s']:>9.1f}{row['images_per_s']:>8.1f}{row['gflops']:>9.1f}"
               f"{row['ratio']:>17.3f}  {row['bitwise_as_before']}"
               + ("" if row["bitwise_as_before"] else f" (max |diff| {row['max_diff']:.1e})"))
-    side = bench_side_by_side(args.profile, args.train_steps, args.pairs, r["threads"]) if args.pairs else None
+    side = bench_side_by_side(args.profile, args.train_steps, args.pairs, threads, args.rounds) if args.pairs else None
     if side:
         print(f"{side['runs']} trainings of {side['steps']} steps: one after another at {side['threads']} threads "
-              f"{side['sequential_s']:.1f} s, side by side at 1 thread {side['side_by_side_s']:.1f} s: "
-              f"{side['speedup']:.2f}x")
+              f"{side['sequential_s']:.1f} s, side by side at 1 thread {side['side_by_side_s']:.1f} s "
+              f"(mean of {side['rounds']}; each: {', '.join(f'{a:.0f}/{b:.0f}' for a, b in zip(*side['each'].values()))}"
+              f" s): {side['speedup']:.2f}x")
     load_after = os.getloadavg()
     print(f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load)}, "
           f"after {'/'.join(f'{x:.2f}' for x in load_after)}; {os.cpu_count()} CPUs")
