@@ -124,13 +124,12 @@ def test_runs_trained_side_by_side_equal_runs_trained_one_after_another_at_one_t
                   load_checkpoint(seq[0].checkpoint)["method"]["teacher"])
 
 
-def test_ensure_many_with_one_job_trains_here_at_one_thread(monkeypatch, tmp_path):
-    threads = torch.get_num_threads()
+def test_ensure_many_by_default_trains_here_as_ensure(monkeypatch, tmp_path):
+    """The default (jobs=1): one run after another in this process, at its thread count, bitwise `ensure()`."""
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "one"))
     runs = _side_by_side_runs({})[1:2]
-    Run.ensure_many(runs, jobs=1)
-    assert torch.get_num_threads() == threads, "the thread count is restored"
+    assert Run.ensure_many(runs) == runs and runs[0].done
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "seq"))
-    (ref,) = _one_thread_one_after_another(_side_by_side_runs({})[1:2])
+    (ref,) = [r.ensure(progress=False) for r in _side_by_side_runs({})[1:2]]
     assert _equal(_weights(runs[0].checkpoint), _weights(ref.checkpoint))
     assert Run.ensure_many(runs, jobs=2) == runs, "nothing left to train: no process is started"

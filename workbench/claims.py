@@ -71,7 +71,7 @@ def run_claims(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), overrid
                protocols: Sequence[str] = ("drop", "zero"), claims: Sequence[Claim] = CLAIMS,
                out: str | Path | None = None, progress: bool = True, jobs: int | None = None) -> list[dict]:
     """Train or reuse every row at every seed (seed-major: a partial study covers every row; the runs not
-    trained yet first, `jobs` side by side at one thread each, `Run.ensure_many`), evaluate them on `split`,
+    trained yet first; `jobs` >= 2: side by side at one thread each, `Run.ensure_many`), evaluate them on `split`,
     and judge each claim under each protocol. Writes the CSVs; returns the claim rows."""
     Run.ensure_many([Run.of(row, profile, seed, overrides) for seed in seeds for row in ROWS], jobs, progress)
     results: dict[tuple[str, str, int], CombinationResults] = {}

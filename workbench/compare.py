@@ -106,8 +106,8 @@ class Comparison:
 def run_compare(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), methods: Sequence[str] | None = None,
                 overrides=None, out: str | Path | None = None, split: str = "test", progress: bool = True,
                 confidence: float = 0.95, jobs: int | None = None) -> Comparison:
-    """Train or reuse every method x seed (the runs not trained yet first, `jobs` side by side at one thread
-    each, `Run.ensure_many`), evaluate it on `split` (cached) and summarize. Writes the summary to `out`
+    """Train or reuse every method x seed (the runs not trained yet first; `jobs` >= 2: side by side at one
+    thread each, `Run.ensure_many`), evaluate it on `split` (cached) and summarize. Writes the summary to `out`
     (default figures/compare_<profile>.csv) and the per-seed rows beside it (`*_seeds.csv`).
     `overrides` (`--set` style, a list or a dict) apply to every method, e.g. a data root."""
     methods = tuple(methods or MAIN_ORDER)

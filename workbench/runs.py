@@ -179,10 +179,10 @@ class Run:
 
     @staticmethod
     def ensure_many(runs: Sequence[Run], jobs: int | None = None, progress: bool = False) -> list[Run]:
-        """`ensure` every run in `runs` (and the teachers they start from), `jobs` trainings at a time side by
-        side (default: this process's thread count), each at one thread (see `train_side_by_side`); the runs,
-        all done. Every run trained here has exactly the weights `ensure` gives at one thread, whatever `jobs`
-        is and in whatever order the runs finish."""
+        """`ensure` every run in `runs` (and the teachers they start from); the runs, all done. `jobs` >= 2:
+        that many trainings at a time side by side, each in a process of its own at one thread, with exactly
+        the weights `ensure` gives at one thread, whatever the order the runs finish in; default (None, 1):
+        one after another here, as `ensure` (see `train_side_by_side`)."""
         train_side_by_side(list(runs), jobs, progress)
         return list(runs)
 
@@ -378,27 +378,22 @@ def _train_child(config: Config, directory: str) -> str:
 
 
 def train_side_by_side(runs: Sequence[Run], jobs: int | None = None, progress: bool = False) -> None:
-    """Train the runs of `runs` that are not done yet (a student's teacher first), at one thread each: `jobs`
-    at a time side by side in processes of their own (default: this process's thread count), else (jobs=1)
-    one after another here. Small models use two threads poorly, so on a 2-core machine two one-thread
-    trainings side by side finish well before the same two at two threads one after another
-    (`python -m workbench bench train` measures it). CPU results are bitwise repeatable for one thread
-    count: every run trained here equals `ensure()` at one thread. On a GPU the runs train here, one after
-    another (one device)."""
+    """Train the runs of `runs` that are not done yet (a student's teacher first). `jobs` >= 2 (on a CPU):
+    that many at a time side by side, each in a process of its own at one thread. CPU results are bitwise
+    repeatable for one thread count, so every run trained so equals `ensure()` at one thread, in whatever
+    order the runs finish, and differs in rounding from one trained at two threads. Default (None or 1), and
+    on a GPU: one after another in this process at its thread count, as `ensure` (bitwise as before).
+
+    Measured (`python -m workbench bench train`, 2 cores shared with other jobs): two quick trainings side by
+    side at one thread took 0.69x-1.1x the time of the two at two threads one after another, so the suite
+    keeps the default; `ablate` / `claims` / `compare --jobs 2` ask for it."""
     todo = _pending(runs)
     if not todo:
         return
-    jobs = max(1, min(jobs or torch.get_num_threads(), len(todo)))
+    jobs = max(1, min(jobs or 1, len(todo)))
     if resolve_device(todo[0].config.train.device).type != "cpu" or jobs == 1:
-        threads = torch.get_num_threads()
-        on_cpu = resolve_device(todo[0].config.train.device).type == "cpu"
-        try:
-            if on_cpu:
-                torch.set_num_threads(1)
-            for r in todo:
-                r.ensure(progress=progress)
-        finally:
-            torch.set_num_threads(threads)
+        for r in todo:
+            r.ensure(progress=progress)
         return
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait

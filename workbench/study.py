@@ -50,7 +50,7 @@ def _summary(res: CombinationResults, protocol: str, run: Run | None = None) -> 
 def run_ablation(profile: str = "quick", seeds=(0, 1, 2), methods=None, overrides=None, out=None,
                  split: str = "test", progress: bool = True, jobs: int | None = None) -> list[dict]:
     """Every ablation row x seed: per-seed rows and a mean +- std summary (CSV) beside the paper's numbers.
-    The runs not trained yet train first, `jobs` side by side at one thread each (`Run.ensure_many`)."""
+    The runs not trained yet train first (`jobs` >= 2: side by side at one thread each, `Run.ensure_many`)."""
     methods = list(methods or ABLATION_ORDER)
     unknown = [m for m in methods if m not in PRESETS]
     if unknown:

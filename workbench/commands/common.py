@@ -39,9 +39,10 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
 
 
 def add_jobs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--jobs", type=int, default=None,
-                   help="runs trained side by side, one thread each (default: torch's thread count; 1: one after "
-                        "another in this process, at one thread); see workbench.runs.train_side_by_side")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained side by side, each in a process of its own at one thread (bitwise the runs "
+                        "trained one after another at one thread); default 1: one after another here, at the "
+                        "thread count (see workbench.runs.train_side_by_side)")
 
 
 def parse_list(text: str, option: str, kind: type = str) -> list:
