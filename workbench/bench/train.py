@@ -55,9 +55,12 @@ def flop_counter() -> FlopCounterMode:
 
 
 def step_flops(method, batch: dict, draws) -> int:
-    """FLOPs of one training step's forward and backward (the optimizer's elementwise work is not counted)."""
+    """FLOPs of one training step's forward and backward, and of the method's work after it (RobustSeg's
+    feedback step, run with learning rate 0: the weights stay as they are); the optimizers' elementwise work
+    is not counted."""
     with flop_counter() as fc:
         method.training_step(batch, draws)["loss"].backward()
+        method.after_step(batch, draws, lr=0.0)
     method.model.zero_grad(set_to_none=True)
     return fc.get_total_flops()
 
