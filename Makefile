@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) -m workbench bench combos
 	$(PY) -m workbench bench losses
 	$(PY) -m workbench bench step
+	$(PY) -m workbench bench train --pairs 0
 	$(PY) -m workbench bench contention
 
 clean-runs:

@@ -20,6 +20,8 @@ def records():
             got.append(timing.record_timing(record))
 
     handler = Keep()
+    timing._stack()
+    timing._state.loose.clear()  # pieces gathered by earlier tests (rendering outside any timer)
     timing.log.addHandler(handler)
     timing.log.setLevel(logging.DEBUG)
     yield got
