@@ -132,7 +132,8 @@ def test_suite_breakdown_counts_each_second_once(tmp_path):
     log.write_text("\n".join([
         json.dumps({"t": 104.0, "name": "workbench.runs", "level": "INFO", "message": "training x"}),
         rec(103.0, "ready"),
-        rec(110.0, "training", "baseline (quick, seed 0)", 5.0, 4.0, {"render": 1.0}),
+        rec(109.0, "validation", "baseline", 0.5, 0.5),
+        rec(110.0, "training", "baseline (quick, seed 0)", 5.5, 4.0, {"render": 1.0}),
         rec(120.0, "training", "basic_kd (quick, seed 0)", 6.0, 6.0, child=True),
         rec(121.0, "training", "2 runs side by side (2 at a time)", 8.0, 8.0),
         rec(125.0, "evaluation", "baseline test", 2.0, 1.5, {"render": 0.5}),
@@ -140,11 +141,11 @@ def test_suite_breakdown_counts_each_second_once(tmp_path):
     ]) + "\nnot json\n")
     res = breakdown([Outcome("nb", "ok", seconds=30.0, started=100.0, log=log)])
     (row,) = res["notebooks"]
-    assert row["kernel"] == 3.0 and row["training"] == 12.0 and row["render"] == 1.5
+    assert row["kernel"] == 3.0 and row["training"] == 12.0 and row["render"] == 1.5 and row["validation"] == 0.5
     assert row["evaluation"] == 1.5 and row["figures"] == 1.0
-    assert row["other"] == pytest.approx(30.0 - 3.0 - 12.0 - 1.5 - 1.5 - 1.0)
+    assert row["other"] == pytest.approx(30.0 - 3.0 - 12.0 - 0.5 - 1.5 - 1.5 - 1.0)
     assert [(r["run"], r["seconds"], r["side_by_side"]) for r in res["runs"]][:2] == [
-        ("baseline (quick, seed 0)", 5.0, False), ("basic_kd (quick, seed 0)", 6.0, True)]
+        ("baseline (quick, seed 0)", 5.5, False), ("basic_kd (quick, seed 0)", 6.0, True)]
     text = format_breakdown(res)
     assert "all notebooks" in text and "(side by side)" in text
 

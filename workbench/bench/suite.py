@@ -47,14 +47,17 @@ def breakdown(outcomes) -> dict:
     notebooks, runs = [], []
     for o in outcomes:
         parts: dict[str, float] = defaultdict(float)
+        validating: dict[bool, float] = defaultdict(float)  # validations since the last run ended, by process kind
         for rec in _records(o.log):
             t = rec["timing"]
             if t["kind"] == "ready":
                 parts["kernel"] += max(0.0, float(rec["t"]) - o.started)
                 continue
+            if t["kind"] == "validation":  # inside the run whose record comes next (a teacher's before its student's)
+                validating[bool(t["child"])] += t["seconds"]
             if t["kind"] == "training":
-                runs.append({"notebook": o.name, "run": t["label"], "side_by_side": bool(t["child"]),
-                             "seconds": t["self"] + sum(t["parts"].values())})
+                own = t["self"] + sum(t["parts"].values()) + validating.pop(bool(t["child"]), 0.0)
+                runs.append({"notebook": o.name, "run": t["label"], "side_by_side": bool(t["child"]), "seconds": own})
             if t["child"]:  # a process beside others: its parent's timer holds the wall time
                 continue
             parts[t["kind"]] += t["self"]
@@ -82,7 +85,7 @@ def format_breakdown(result: dict) -> str:
     if total["seconds"] > 0:
         lines.append(f"{'share':<17}{'':>9}" + "".join(f"{100 * total[k] / total['seconds']:>10.0f}%" for k in kinds))
     if result["runs"]:
-        lines.append(f"training runs ({len(result['runs'])}, seconds each, rendering included):")
+        lines.append(f"training runs ({len(result['runs'])}, seconds each, its rendering and validation included):")
         for r in result["runs"]:
             lines.append(f"  {r['notebook']:<17}{r['run']:<36}{r['seconds']:>8.1f}"
                          + ("  (side by side)" if r["side_by_side"] else ""))
