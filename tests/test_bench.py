@@ -160,3 +160,17 @@ def test_suite_bench_on_the_smoke_profile(capsys):
     assert [r["run"] for r in last["runs"]] == ["baseline (tiny, seed 0)", "robustseg (tiny, seed 0)"]
     total = sum(v for k, v in nb.items() if isinstance(v, float) and k != "seconds")
     assert total == pytest.approx(nb["seconds"])
+
+
+def test_gpu_bench_stops_a_row_at_the_hard_limit_and_starts_none_past_the_budget(capsys):
+    """What keeps the prepared GPU command inside its time: a row that runs past --hard-limit stops taking
+    steps (e.g. torch.compile recompiling) and says so; no row starts past --budget."""
+    assert main(["bench", "gpu", "--device", "cpu", "--profiles", "tiny", "--methods", "baseline",
+                 "--steps", "2", "--warmup", "0", "--hard-limit", "0"]) == 0
+    out = capsys.readouterr().out
+    (row,) = json.loads(out.strip().splitlines()[-1])["rows"]
+    assert row["cut"] and row["steps_timed"] == 0 and "cut after 0 timed steps" in out
+    assert main(["bench", "gpu", "--device", "cpu", "--profiles", "tiny", "--methods", "baseline,robustseg",
+                 "--steps", "1", "--warmup", "0", "--budget", "0"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["rows"] == [] and last["skipped"] == ["tiny/baseline/compile off", "tiny/robustseg/compile off"]

@@ -1,9 +1,10 @@
 """`python -m workbench bench gpu`: the training step on one device, part by part, for each profile.
 
-One prepared command for a GPU machine (about 5 minutes on one GPU with the defaults; `--budget` stops
-starting new rows past that many seconds, so it fits in 8): for each of `--profiles` (quick, study, paper),
-each of `--methods` (the baseline step; RobustSeg's student step with its feedback step) and `torch.compile`
-off / on, it times `--steps` training steps after `--warmup` untimed ones and prints
+One prepared command for a GPU machine (about 5 minutes on one GPU with the defaults; no row starts after
+`--budget` seconds and a running row stops taking steps after `--hard-limit`, so it fits in 8): with
+`torch.compile` off, then on, for each of `--profiles` (quick, study, paper) and `--methods` (the baseline
+step; RobustSeg's student step with its feedback step), it times `--steps` training steps after `--warmup`
+untimed ones and prints
 
 - images/s and the median step time, split into data (the host-to-device copy of a batch, as the training
   loop does it), forward (the method's losses), backward, optimizer and after (RobustSeg's feedback step),
@@ -78,7 +79,9 @@ def _batches(cfg, device: torch.device, count: int) -> list[dict]:
 
 
 def bench_row(profile: str, method_name: str, compiled: bool, device: torch.device, steps: int, warmup: int,
-              peak: float | None, batches: int = 2) -> dict:
+              peak: float | None, batches: int = 2, deadline: float = float("inf")) -> dict:
+    """One row: `steps` timed steps after `warmup` untimed ones, fewer when the clock passes `deadline`
+    (`perf_counter` time; `steps_timed` says how many were timed, `cut` that it was cut short)."""
     from workbench.bench.train import step_flops
     from workbench.methods import Distiller, Draws, Supervised
     from workbench.models import build_model
@@ -117,8 +120,11 @@ def bench_row(profile: str, method_name: str, compiled: bool, device: torch.devi
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     parts = {k: [] for k in ("data", "forward", "backward", "optimizer", "after", "step")}
-    t_start = time.perf_counter()
+    t_start, cut = time.perf_counter(), False
     for i in range(warmup + steps):
+        if time.perf_counter() > deadline:  # e.g. torch.compile recompiling for each Anymodal Dropout subset size
+            cut = True
+            break
         t0 = sync()
         batch = move_batch(host[i % len(host)], device, channels_last)
         t1 = sync()
@@ -136,9 +142,10 @@ def bench_row(profile: str, method_name: str, compiled: bool, device: torch.devi
         if i >= warmup:
             for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t5 - t0)):
                 parts[k].append(v)
-    median = {k: sorted(v)[len(v) // 2] for k, v in parts.items()}
+    median = {k: sorted(v)[len(v) // 2] if v else float("nan") for k, v in parts.items()}
     step = median["step"]
-    return {"profile": profile, "method": method_name, "compile": compiled, "batch": cfg.data.batch_size,
+    return {"profile": profile, "method": method_name, "compile": compiled, "steps_timed": len(parts["step"]),
+            "cut": cut, "batch": cfg.data.batch_size,
             "size": cfg.data.size, "encoder": cfg.model.encoder, "images_per_s": cfg.data.batch_size / step,
             **{f"{k}_ms": 1e3 * v for k, v in median.items()},
             "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
@@ -158,6 +165,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak, TFLOP/s "
                    "(default: from the table of device names)")
     p.add_argument("--budget", type=float, default=300.0, help="seconds after which no new row starts")
+    p.add_argument("--hard-limit", type=float, default=420.0,
+                   help="seconds after which a running row stops taking steps (it reports the steps it timed)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,20 +184,22 @@ def run(args: argparse.Namespace) -> int:
             f"{'data':>8}{'fwd':>8}{'bwd':>8}{'opt':>8}{'after':>8}{'peak GiB':>9}{'GFLOP':>8}{'TFLOP/s':>9}{'MFU':>7}")
     print(head)
     rows, skipped, t0 = [], [], time.perf_counter()
-    for profile in [p for p in args.profiles.split(",") if p]:
-        for method in [m for m in args.methods.split(",") if m]:
-            for mode in compile_modes:
+    for mode in compile_modes:  # every eager row first: compiling is what may not fit
+        for profile in [p for p in args.profiles.split(",") if p]:
+            for method in [m for m in args.methods.split(",") if m]:
                 if time.perf_counter() - t0 > args.budget:
                     skipped.append(f"{profile}/{method}/compile {mode}")
                     continue
-                r = bench_row(profile, method, mode == "on", device, args.steps, args.warmup, peak)
+                r = bench_row(profile, method, mode == "on", device, args.steps, args.warmup, peak,
+                              deadline=t0 + args.hard_limit)
                 rows.append(r)
                 mem = f"{r['peak_memory_gib']:>9.2f}" if r["peak_memory_gib"] is not None else f"{'-':>9}"
                 mfu = f"{100 * r['mfu']:>6.1f}%" if r["mfu"] is not None else f"{'-':>7}"
                 print(f"{profile:<8}{method:<10}{mode:<8}{r['batch']:>6}{r['size']:>6}{r['images_per_s']:>9.1f}"
                       f"{r['step_ms']:>9.1f}{r['data_ms']:>8.1f}{r['forward_ms']:>8.1f}{r['backward_ms']:>8.1f}"
                       f"{r['optimizer_ms']:>8.1f}{r['after_ms']:>8.1f}{mem}{r['gflop_per_step']:>8.1f}"
-                      f"{r['tflops']:>9.3f}{mfu}", flush=True)
+                      f"{r['tflops']:>9.3f}{mfu}" + (f"  (cut after {r['steps_timed']} timed steps)" if r["cut"] else ""),
+                      flush=True)
     if skipped:
         print(f"past the {args.budget:.0f} s budget, not run: {', '.join(skipped)}")
     print(json.dumps({"bench": "gpu", "device": name, "peak_tflops": peak, "peak_source": source,
