@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(PY) -m workbench bench combos
 	$(PY) -m workbench bench losses
 	$(PY) -m workbench bench step
+	$(PY) -m workbench bench train --pairs 0
 	$(PY) -m workbench bench contention
 	$(PY) -m workbench bench repro
 

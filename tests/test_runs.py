@@ -151,3 +151,42 @@ def test_a_read_only_run_can_be_evaluated(tmp_path, read_only, capsys):
     assert res.full("drop") == again.evaluation("test", protocols=("drop",)).full("drop")
     assert again.evaluation("val", protocols=("zero",)).summary("zero") == held.summary("zero")
     assert sorted(p.name for p in run.dir.rglob("*")) == before, "nothing was written into the run"
+def _side_by_side_runs(overrides):
+    small = {"data.train_samples": 8, "data.val_samples": 4, "data.test_samples": 4, "train.epochs": 2}
+    return [Run.of("robustseg", "tiny", 0, small | overrides), Run.of("baseline", "tiny", 1, small | overrides),
+            Run.of("basic_kd", "tiny", 0, small | overrides)]
+
+
+def _one_thread_one_after_another(runs):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [r.ensure(progress=False) for r in runs]
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_runs_trained_side_by_side_equal_runs_trained_one_after_another_at_one_thread(monkeypatch, tmp_path):
+    """`Run.ensure_many(jobs=2)`: two processes at one thread each (the students wait for their teacher, which
+    trains once) give bitwise the weights of `ensure()` at one thread, one run after another."""
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "side"))
+    side = Run.ensure_many(_side_by_side_runs({}), jobs=2)
+    assert all(r.done for r in side) and side[0].teacher.done
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "seq"))
+    seq = _one_thread_one_after_another(_side_by_side_runs({}))
+    for a, b in zip(side, seq):
+        assert _equal(_weights(a.checkpoint), _weights(b.checkpoint)), a
+    assert _equal(load_checkpoint(side[0].checkpoint)["method"]["teacher"],
+                  load_checkpoint(seq[0].checkpoint)["method"]["teacher"])
+
+
+def test_ensure_many_by_default_trains_here_as_ensure(monkeypatch, tmp_path):
+    """The default (jobs=1): one run after another in this process, at its thread count, bitwise `ensure()`."""
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "one"))
+    runs = _side_by_side_runs({})[1:2]
+    assert Run.ensure_many(runs) == runs and runs[0].done
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "seq"))
+    (ref,) = [r.ensure(progress=False) for r in _side_by_side_runs({})[1:2]]
+    assert _equal(_weights(runs[0].checkpoint), _weights(ref.checkpoint))
+    assert Run.ensure_many(runs, jobs=2) == runs, "nothing left to train: no process is started"

@@ -221,3 +221,38 @@ def test_modalities_have_their_own_fine_structure():
         d_edge = np.abs(np.diff(s["depth"][0], axis=1, append=0)) > 0.02
         assert (ev & lid).sum() < 0.5 * lid.sum()  # LiDAR points mostly fall where no event fires
         assert (ev & d_edge).sum() < 0.5 * ev.sum()  # events mostly off the (blurred) depth edges
+
+
+def test_a_rendered_split_is_cached_on_disk_and_read_back_unchanged(tmp_path, monkeypatch, caplog):
+    """Once every sample of a split is rendered, the split is written to runs/cache/data/ (keyed by what it is
+    rendered from and the renderer's VERSION); a new dataset reads those tensors instead of rendering them."""
+    import logging
+
+    from workbench.data.synthetic_dataset import SyntheticDataset
+
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path))
+    first = SyntheticDataset("val", size=32, num_samples=3, transform=None)
+    assert f"synthetic-v{syn.VERSION}-seed0-val-32px-n3-" in first.disk_path.name
+    rendered = [first.load(i) for i in range(2)]
+    assert not first.disk_path.exists(), "written once the whole split is rendered"
+    rendered.append(first.load(2))
+    assert first.disk_path.exists()
+
+    calls = []
+    monkeypatch.setattr(syn, "render_sample", lambda *a, **k: calls.append(a))
+    again = SyntheticDataset("val", size=32, num_samples=3, transform=None)
+    for i, sample in enumerate(rendered):
+        got = again.load(i)
+        assert got["meta"] == sample["meta"]
+        assert all(torch.equal(got[k], sample[k]) and got[k].dtype == sample[k].dtype for k in (*syn.MODALITIES, "label"))
+    assert calls == [], "read from disk, not rendered"
+    # another size, sample count or seed is another file; a damaged file is reported and rendered again
+    assert SyntheticDataset("val", size=32, num_samples=2).disk_path != first.disk_path
+    first.disk_path.write_bytes(b"not a tensor file")
+    monkeypatch.undo()
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="workbench.data.synthetic_dataset"):
+        damaged = SyntheticDataset("val", size=32, num_samples=3, transform=None)
+        assert torch.equal(damaged.load(1)["rgb"], rendered[1]["rgb"])
+    assert "unreadable" in caplog.text
+    assert not SyntheticDataset("val", size=32, num_samples=3, disk_cache=False)._stored

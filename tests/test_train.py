@@ -229,3 +229,48 @@ def test_run_dir_that_is_a_file_is_a_clear_error(tiny_cfg, tmp_path):
         train(tiny_cfg, tmp_path / "file", progress=False)
     with pytest.raises(ConfigError, match="is a file"):
         train(tiny_cfg, tmp_path / "file" / "run", progress=False)
+
+
+def test_deferred_logging_records_every_step_as_before(tiny_cfg, tmp_path):
+    """train.log_every only sets how many steps' loss terms are copied to the host at once: metrics.jsonl
+    and the history hold the same records (every step, the same numbers) for any value, and a RobustSeg
+    student's feedback terms and ASM counts (kept on the device) come out the same."""
+    teacher = train(tiny_cfg, tmp_path / "teacher", progress=False).checkpoint
+    cfg = apply_overrides(preset("robustseg", "tiny"), {"data.train_samples": 12, "data.val_samples": 4,
+                                                        "data.test_samples": 4, "train.epochs": 2})
+
+    def records(log_every):
+        run = tmp_path / f"every{log_every}"
+        res = train(apply_overrides(cfg, {"train.log_every": log_every}), run, progress=False,
+                    teacher_checkpoint=teacher)
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert lines == res.history
+        return [{k: v for k, v in x.items() if k != "img_per_s"} for x in lines]
+
+    one = records(1)
+    train_steps = [r["step"] for r in one if "train/loss" in r]
+    assert train_steps == list(range(1, 7)), "every step has its record"
+    assert all(isinstance(r["train/feedback/ce"], float) for r in one if "train/loss" in r)
+    assert any("val/primary/rgb" in r for r in one)
+    assert records(4) == one and records(100) == one
+
+
+def test_a_stop_writes_the_steps_before_it(tiny_cfg, tmp_path, monkeypatch):
+    """Records still waiting for their host copy are written before a non-finite loss stops the run."""
+    from workbench import methods
+
+    orig, calls = methods.Supervised.training_step, {"n": 0}
+
+    def poisoned(self, batch, gen):
+        out = orig(self, batch, gen)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(methods.Supervised, "training_step", poisoned)
+    cfg = apply_overrides(tiny_cfg, {"train.epochs": 3, "train.log_every": 100})
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 2 \(epoch 2\): loss=nan, ce="):
+        train(cfg, tmp_path / "r", progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "train/loss" in x] == [1, 2]

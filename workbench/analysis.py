@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from workbench import losses as L
+from workbench import timing
 from workbench.data.transforms import IGNORE_INDEX
 from workbench.errors import ConfigError
 from workbench.evaluate import CombinationResults, combo_name
@@ -102,7 +103,8 @@ def tsne_embedding(points: FeaturePoints, seed: int = 0, perplexity: float = 30.
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, **kw)
     except TypeError:  # scikit-learn < 1.5 calls it n_iter
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, n_iter=max_iter)
-    return tsne.fit_transform(x).astype(np.float32)
+    with timing.timed("tsne", f"{len(x)} points"):
+        return tsne.fit_transform(x).astype(np.float32)
 
 def cluster_scores(points: FeaturePoints) -> dict[str, float]:
     """Cosine silhouette of the features grouped by class (higher: classes separate) and by modality

@@ -37,7 +37,7 @@ from workbench.errors import CheckpointError, ConfigError, RunLocked, storage_er
 from workbench.paths import REPO_ROOT, runs_dir
 
 if TYPE_CHECKING:
-    from workbench.config import Config
+    pass
 
 try:
     import fcntl
@@ -373,20 +373,6 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
             f"{path} is not a workbench checkpoint: it lacks {', '.join(map(repr, missing))} (a run's final.pt or "
             f"last.pt holds {', '.join(REQUIRED)}). Pretrained encoder weights are given as model.weights=FILE")
     return state
-
-
-def checkpoint_config(state: dict, source) -> Config:
-    """The `Config` a loaded checkpoint holds, or a CheckpointError that names `source` (the file)."""
-    from workbench.config import Config
-
-    raw = state.get("config")
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{source}: its config is a JSON {type(raw).__name__}, not a config object; use the "
-                              f"run's own checkpoint (its config.json beside it holds the config)")
-    try:
-        return Config.from_dict(raw)
-    except ConfigError as e:
-        raise CheckpointError(f"{source}: its config is not valid here ({e})") from None
 
 
 def non_finite(state_dict: dict) -> list[str]:

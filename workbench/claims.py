@@ -160,11 +160,13 @@ class ClaimTable:
 
 def run_claims(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), overrides=None, split: str = "test",
                protocols: Sequence[str] = ("drop", "zero"), claims: Sequence[Claim] = CLAIMS,
-               rows: Sequence[Row | str] = ROWS, out: str | Path | None = None, progress: bool = True) -> ClaimTable:
-    """Train or reuse every row at every seed (seed-major: a partial study covers every row), evaluate
-    them on `split`, and judge each claim under each protocol. `rows` (rows or their keys) limits the study to
-    the claims that compare two of them. Writes the CSVs (the verdicts, and the per-seed rows with each row's
-    loss weights and gradient shares in `<out>_seeds.csv`)."""
+               rows: Sequence[Row | str] = ROWS, out: str | Path | None = None, progress: bool = True,
+               jobs: int | None = None) -> ClaimTable:
+    """Train or reuse every row at every seed (seed-major: a partial study covers every row; the runs not
+    trained yet first; `jobs` >= 2: side by side at one thread each, `Run.ensure_many`), evaluate them on
+    `split`, and judge each claim under each protocol. `rows` (rows or their keys) limits the study to the
+    claims that compare two of them. Writes the CSVs (the verdicts, and the per-seed rows with each row's loss
+    weights and gradient shares in `<out>_seeds.csv`)."""
     rows = [row_named(r) if isinstance(r, str) else r for r in rows]
     seeds = distinct_seeds(seeds)
     available = {r.key for r in rows}
@@ -175,6 +177,8 @@ def run_claims(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), overrid
     needed = {n.partition(":")[0] for c in claims for n in (c.a, c.b)}
     rows = [r for r in rows if r.key in needed or r.key in dict(LAMBDA_LINE).values()]
     preflight.split(config_of(rows[0].preset, profile, seeds[0], overrides), split)  # before any training
+    Run.ensure_many([row.run(profile, seed, overrides, progress=progress) for seed in seeds for row in rows], jobs,
+                    progress)
     results: dict[tuple[str, str, int], CombinationResults] = {}
     extra: dict[tuple[str, int], dict] = {}
     for seed in seeds:

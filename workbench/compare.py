@@ -106,9 +106,10 @@ class Comparison:
 
 def run_compare(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), methods: Sequence[str] | None = None,
                 overrides=None, out: str | Path | None = None, split: str = "test", progress: bool = True,
-                confidence: float = 0.95) -> Comparison:
-    """Train or reuse every method x seed, evaluate it on `split` (cached) and summarize. Writes the summary
-    to `out` (default figures/compare_<profile>.csv) and the per-seed rows beside it (`*_seeds.csv`).
+                confidence: float = 0.95, jobs: int | None = None) -> Comparison:
+    """Train or reuse every method x seed (the runs not trained yet first; `jobs` >= 2: side by side at one
+    thread each, `Run.ensure_many`), evaluate it on `split` (cached) and summarize. Writes the summary to `out`
+    (default figures/compare_<profile>.csv) and the per-seed rows beside it (`*_seeds.csv`).
     `overrides` (`--set` style, a list or a dict) apply to every method, e.g. a data root."""
     methods = tuple(MAIN_ORDER if methods is None else methods)
     if not methods:
@@ -120,6 +121,7 @@ def run_compare(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), method
     results: dict[str, dict[int, CombinationResults]] = {m: {} for m in methods}
     per_seed = []
     preflight.split(config_of(methods[0], profile, seeds[0], overrides), split)  # before any training
+    Run.ensure_many([Run.of(m, profile, s, overrides) for s in seeds for m in methods], jobs, progress)
     for seed in seeds:  # seed-major: a partial comparison already covers every method
         for method in methods:
             run = Run.of(method, profile, seed, overrides).ensure(progress)

@@ -211,9 +211,10 @@ class TrainConfig(_Checked):
     max_steps: int | None = None  # stop early (smoke runs, benchmarks)
     sync_bn: bool = False  # DDP only
     log: MetricsLog = "jsonl"  # tensorboard: also TensorBoard event files in the run folder (pip install -e .[tensorboard])
+    log_every: int = 20  # steps whose metrics records are copied to the host at once (every step is recorded)
 
     def check(self) -> None:
-        for key in ("epochs", "lr", "ckpt_every"):
+        for key in ("epochs", "lr", "ckpt_every", "log_every"):
             _positive(f"train.{key}", getattr(self, key))
         for key in ("weight_decay", "warmup_epochs", "poly_power", "val_every"):
             _positive(f"train.{key}", getattr(self, key), allow_zero=True)
@@ -407,7 +408,7 @@ class Config(_Checked):
         """Stable identity for caching: everything that changes the trained weights."""
         d = self.to_dict()
         d.pop("name"), d.pop("profile")
-        for k in ("device", "val_every", "ckpt_every", "log"):
+        for k in ("device", "val_every", "ckpt_every", "log", "log_every"):
             d["train"].pop(k)
         d["data"].pop("num_workers")
         if not self.distill.enabled:  # a baseline is the same run whatever the (unused) loss weights say
@@ -591,7 +592,7 @@ def _profile_quick() -> Config:
 
 def _profile_study() -> Config:
     """The claim table's scale: the quick benchmark with the teacher trained twice as long (80 epochs, towards
-    the plateau of docs/BENCHMARK.md section 6), the students continuing it for 10 epochs."""
+    the plateau of docs/BENCHMARK.md section 7), the students continuing it for 10 epochs."""
     cfg = _profile_quick()
     return replace(cfg, profile="study", train=replace(cfg.train, epochs=80, val_every=8))
 

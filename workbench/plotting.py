@@ -18,6 +18,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from workbench import timing
 from workbench.paths import notebook_figures_dir
 from workbench.tables import Table, markdown_table, write_csv
 
@@ -67,12 +68,13 @@ class Figures:
     def save(self, fig, name: str, rows: Sequence[dict] | None = None, title: str = "", caption: str = ""):
         """`name`.png, `name`.pdf and (with `rows`) `name`.csv; returns the figure (the notebook shows it)."""
         files = {"png": self.dir / f"{name}.png", "pdf": self.dir / f"{name}.pdf"}
-        # no creation date in the files: the same figure saved twice gives the same bytes
-        fig.savefig(files["png"], dpi=self.dpi, bbox_inches="tight", metadata=PNG_METADATA)
-        fig.savefig(files["pdf"], bbox_inches="tight", metadata=PDF_METADATA)
-        if rows is not None:
-            files["csv"] = write_csv(self.dir / f"{name}.csv", rows)
-        self._add("figure", name, title, caption, files)
+        with timing.timed("figures", f"{self.notebook}/{name}"):
+            # no creation date in the files: the same figure saved twice gives the same bytes
+            fig.savefig(files["png"], dpi=self.dpi, bbox_inches="tight", metadata=PNG_METADATA)
+            fig.savefig(files["pdf"], bbox_inches="tight", metadata=PDF_METADATA)
+            if rows is not None:
+                files["csv"] = write_csv(self.dir / f"{name}.csv", rows)
+            self._add("figure", name, title, caption, files)
         return fig
 
     def table(self, rows: Sequence[dict], name: str, title: str = "", caption: str = "", digits: int = 2) -> Table:
@@ -85,11 +87,12 @@ class Figures:
     def plotly(self, fig, name: str, rows: Sequence[dict] | None = None, title: str = "", caption: str = ""):
         """An interactive page `name`.html (plotly.js written once beside it, so it opens offline)."""
         files = {"html": self.dir / f"{name}.html"}
-        # a fixed element id (plotly draws a random one), so a page saved twice is the same file
-        fig.write_html(files["html"], include_plotlyjs="directory", full_html=True, div_id=f"plot-{name}")
-        if rows is not None:
-            files["csv"] = write_csv(self.dir / f"{name}.csv", rows)
-        self._add("plotly", name, title, caption, files)
+        with timing.timed("figures", f"{self.notebook}/{name}"):
+            # a fixed element id (plotly draws a random one), so a page saved twice is the same file
+            fig.write_html(files["html"], include_plotlyjs="directory", full_html=True, div_id=f"plot-{name}")
+            if rows is not None:
+                files["csv"] = write_csv(self.dir / f"{name}.csv", rows)
+            self._add("plotly", name, title, caption, files)
         return fig
 
 def colorize(label, palette: Sequence[Sequence[int]]) -> np.ndarray:

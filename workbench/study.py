@@ -50,8 +50,9 @@ def _summary(res: CombinationResults, protocol: str, run: Run | None = None) -> 
 
 
 def run_ablation(profile: str = "quick", seeds=(0, 1, 2), methods=None, overrides=None, out=None,
-                 split: str = "test", progress: bool = True) -> list[dict]:
-    """Every ablation row x seed: per-seed rows and a mean +- std summary (CSV) beside the paper's numbers."""
+                 split: str = "test", progress: bool = True, jobs: int | None = None) -> list[dict]:
+    """Every ablation row x seed: per-seed rows and a mean +- std summary (CSV) beside the paper's numbers.
+    The runs not trained yet train first (`jobs` >= 2: side by side at one thread each, `Run.ensure_many`)."""
     methods = list(ABLATION_ORDER if methods is None else methods)
     seeds = distinct_seeds(seeds)
     if not methods:
@@ -60,6 +61,7 @@ def run_ablation(profile: str = "quick", seeds=(0, 1, 2), methods=None, override
     if unknown:
         raise UnknownName(f"unknown method {unknown[0]!r}; valid: {', '.join(PRESETS)}")
     preflight.split(config_of(methods[0], profile, seeds[0], overrides), split)  # before any training
+    Run.ensure_many([Run.of(m, profile, s, overrides) for s in seeds for m in methods], jobs, progress)
     per_seed = []
     for seed in seeds:  # seed-major: a partial study already covers every row
         for method in methods:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from workbench import repro
 from workbench.errors import ConfigError, UnknownName
-from workbench.logs import StderrHandler
+from workbench.logs import SUITE_LOG_ENV, log_to_suite  # noqa: F401 (a kernel runs workbench.suite.log_to_suite)
 from workbench.paths import REPO_ROOT, figures_dir, runs_dir
 from workbench.report import clock, relative
 
@@ -42,9 +42,6 @@ KERNEL_NAME = "python3"
 # Threads of every kernel (torch, OpenMP, MKL): CPU results are bitwise repeatable only for one thread count,
 # so the committed figures are what `make suite` writes on any machine with this many threads.
 THREADS = repro.REPRO_THREADS  # 2; WORKBENCH_REPRO=1 pins this count in every process (workbench.repro)
-# The file a kernel started by the suite writes its workbench log records to (one JSON object a line); the
-# suite tails it to show which run is training, its epoch and an ETA, and the notebook stays clean.
-SUITE_LOG_ENV = "WORKBENCH_SUITE_LOG"
 
 
 @dataclass(frozen=True)
@@ -98,6 +95,8 @@ class Outcome:
     parameters: dict = field(default_factory=dict)
     error: str = ""
     cell: str = ""  # the failing cell: index, execution count, first lines of its source
+    started: float = 0.0  # time.time() when papermill was called (the kernel's start-up counts from here)
+    log: Path | None = None  # the kernel's log records (JSON lines; `workbench.timing` records included)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,31 +179,6 @@ def parameters_for(path: Path, name: str, profile: str, extra: dict) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Progress: the kernel's log records, shown by the suite
 
-class _JsonLines(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"t": record.created, "name": record.name, "level": record.levelname,
-                           "message": record.getMessage()})
-
-
-def log_to_suite() -> None:
-    """In a kernel the suite started (it runs this first): the workbench's INFO records go to the file
-    named by WORKBENCH_SUITE_LOG, which the suite shows as progress; warnings also go to the notebook.
-    Anywhere else (JupyterLab, a script) it does nothing."""
-    path = os.environ.get(SUITE_LOG_ENV)
-    if not path:
-        return
-    logger = logging.getLogger("workbench")
-    logger.setLevel(logging.INFO)
-    to_file = logging.FileHandler(path, encoding="utf-8")
-    to_file.setFormatter(_JsonLines())
-    to_notebook = StderrHandler()  # warnings and errors still show in the notebook
-    to_notebook.setLevel(logging.WARNING)
-    to_notebook.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
-    logger.addHandler(to_file)
-    logger.addHandler(to_notebook)
-    logger.propagate = False
-
-
 _TRAINING = re.compile(r"^training (?P<run>.+?\(\w+, seed \d+\))")
 _EPOCH = re.compile(r"^\S+ epoch (?P<epoch>\d+)/(?P<epochs>\d+): (?P<rest>.*)$", re.S)
 
@@ -252,6 +226,8 @@ class Tail(threading.Thread):
                 rec = json.loads(raw)
             except json.JSONDecodeError:
                 continue
+            if "timing" in rec:  # durations for `bench suite`, not progress
+                continue
             level = logging.getLevelName(rec.get("level", "INFO"))
             log.log(level if isinstance(level, int) else logging.INFO, "%s", self.progress.line(rec))
 
@@ -279,8 +255,8 @@ def execute(nb: Notebook, src: Path, out_dir: Path, profile: str, kernel: str, e
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    outcome = Outcome(nb.name, executed=out_dir / src.name)
     kernel_log = out_dir / "logs" / f"{nb.name}.log"
+    outcome = Outcome(nb.name, executed=out_dir / src.name, started=time.time(), log=kernel_log)
     kernel_log.parent.mkdir(parents=True, exist_ok=True)
     kernel_log.write_text("")
     os.environ[SUITE_LOG_ENV] = str(kernel_log)  # the kernel inherits it: see log_to_suite

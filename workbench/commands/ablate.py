@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.commands.common import add_quiet, parse_list, parse_seeds
+from workbench.commands.common import add_jobs, add_quiet, parse_list, parse_seeds
 from workbench.config import PRESETS, PROFILES
 
 
@@ -15,6 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override applied to every row")
     p.add_argument("--out", default=None, help="CSV path (default figures/ablation_<profile>.csv)")
     add_quiet(p)
+    add_jobs(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     seeds = parse_seeds(args.seeds)
     methods = parse_list(args.methods, "--methods") if args.methods is not None else None
-    summary = run_ablation(args.profile, seeds, methods, overrides=args.set, out=args.out, progress=not args.quiet)
+    summary = run_ablation(args.profile, seeds, methods, overrides=args.set, out=args.out, progress=not args.quiet,
+                           jobs=args.jobs)
     print(format_summary(summary))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.commands.common import add_quiet, parse_seeds
+from workbench.commands.common import add_jobs, add_quiet, parse_seeds
 from workbench.config import PROFILES
 
 
@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="the split the rows are scored on")
     p.add_argument("--out", default=None, help="CSV path (default figures/claims_<profile>.csv)")
     add_quiet(p)
+    add_jobs(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +30,6 @@ def run(args: argparse.Namespace) -> int:
 
     seeds = parse_seeds(args.seeds)
     table = run_claims(args.profile, seeds, overrides=args.set, split=args.split, out=args.out,
-                       progress=not args.quiet)
+                       progress=not args.quiet, jobs=args.jobs)
     print(table.format())
     return 0

@@ -49,6 +49,13 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars and no progress messages")
 
 
+def add_jobs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained side by side, each in a process of its own at one thread (bitwise the runs "
+                        "trained one after another at one thread); default 1: one after another here, at the "
+                        "thread count (see workbench.runs.train_side_by_side)")
+
+
 def parse_list(text: str, option: str, kind: type = str, distinct: bool = True) -> list:
     """A comma-separated option value as a list of `kind`, or a ConfigError naming the option: an empty
     list, an item that is not a `kind` and (`distinct`) a repeated item are refused."""

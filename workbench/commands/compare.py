@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workbench.commands.common import add_quiet, parse_list, parse_seeds
+from workbench.commands.common import add_jobs, add_quiet, parse_list, parse_seeds
 from workbench.config import PROFILES
 
 MAIN = "baseline,cmnext,magic,anyseg,robustseg"
@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override applied to every method, e.g. data.root=data/DELIVER")
     p.add_argument("--out", default=None, help="CSV path (default figures/compare_<profile>.csv)")
     add_quiet(p)
+    add_jobs(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     methods = parse_list(args.methods, "--methods") if args.methods is not None else None
     cmp = run_compare(args.profile, seeds, methods, overrides=args.set, out=args.out, split=args.split,
-                      progress=not args.quiet)
+                      progress=not args.quiet, jobs=args.jobs)
     print(format_table(cmp))
     return 0

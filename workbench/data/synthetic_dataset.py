@@ -1,12 +1,29 @@
-"""The synthetic benchmark as a `MultiModalDataset` (renderer in `workbench.data.synthetic`)."""
+"""The synthetic benchmark as a `MultiModalDataset` (renderer in `workbench.data.synthetic`).
+
+A split is rendered sample by sample, as it is read, and kept in memory. Once every sample of a split has
+been rendered, the whole split is also written to `runs/cache/data/` (keyed by what it renders from and the
+renderer's `VERSION`), so the next process that reads it loads the same tensors instead of rendering them
+again (docs/DATASETS.md, "The synthetic benchmark"); a split larger than `DISK_CACHE_BYTES` stays in memory.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from pathlib import Path
+
 import torch
 
+from workbench import timing
+from workbench.checkpoint import atomic_write_bytes
 from workbench.data import synthetic as syn
 from workbench.data.base import MultiModalDataset
 from workbench.errors import ConfigError, DataError
+from workbench.paths import runs_dir
+
+log = logging.getLogger(__name__)
+
+DISK_CACHE_BYTES = 2 * 1024**3  # a rendered split up to this size is cached on disk across processes
 
 
 class SyntheticDataset(MultiModalDataset):
@@ -20,7 +37,7 @@ class SyntheticDataset(MultiModalDataset):
 
     def __init__(self, split: str = "train", size: int = 64, num_samples: int = 512, seed: int = 0,
                  modalities=None, transform=None, condition: str | None = None, case: str | None = "auto",
-                 cache: bool = True, aug_seed: int = 0):
+                 cache: bool = True, aug_seed: int = 0, disk_cache: bool = True):
         if split not in syn.SPLITS:
             raise DataError(f"unknown split {split!r}; valid splits: {', '.join(syn.SPLITS)}")
         if condition is not None and condition not in syn.CONDITIONS:
@@ -33,6 +50,9 @@ class SyntheticDataset(MultiModalDataset):
         self.size, self.num_samples, self.seed = size, num_samples, seed
         self.condition, self.case = condition, case
         self._cache: dict[int, dict] | None = {} if cache else None
+        # the whole split from the disk cache (None: not read yet; False: not on disk, or not cached there)
+        self._stored: dict | bool | None = None if cache and disk_cache and self._bytes() <= DISK_CACHE_BYTES else False
+        self._writable = False
 
     default_pipeline = "workbench"
 
@@ -72,10 +92,53 @@ class SyntheticDataset(MultiModalDataset):
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        raw = syn.render_sample(self.seed, self.split, index, self.size, self.condition, self.case)
-        sample = {m: torch.from_numpy(raw[m]) for m in self.all_modalities}
-        sample["label"] = torch.from_numpy(raw["label"])
-        sample["meta"] = raw["meta"]
+        t0 = time.perf_counter()
+        stored = self._read_disk()
+        if stored:
+            sample = {k: stored[k][index] for k in (*self.all_modalities, "label")}
+            sample["meta"] = dict(stored["meta"][index])
+        else:
+            raw = syn.render_sample(self.seed, self.split, index, self.size, self.condition, self.case)
+            sample = {m: torch.from_numpy(raw[m]) for m in self.all_modalities}
+            sample["label"] = torch.from_numpy(raw["label"])
+            sample["meta"] = raw["meta"]
+        timing.add("render", time.perf_counter() - t0)
         if self._cache is not None:
             self._cache[index] = sample
+            if self._stored is False and self._writable and len(self._cache) == self.num_samples:
+                self._write_disk()
         return sample
+
+    # -- the disk cache ---------------------------------------------------------------------------
+    def _bytes(self) -> int:
+        return self.num_samples * self.size * self.size * (4 * 3 * len(self.all_modalities) + 8)
+
+    @property
+    def disk_path(self) -> Path:
+        """Where this split is cached: every argument that changes what is rendered, and the renderer's VERSION."""
+        return (runs_dir() / "cache" / "data" / f"synthetic-v{syn.VERSION}-seed{self.seed}-{self.split}-{self.size}px-"
+                f"n{self.num_samples}-{self.condition or 'any'}-{self.case or 'none'}.pt")
+
+    def _read_disk(self) -> dict | bool:
+        """The split from the disk cache (memory-mapped), or False (then `_writable`: write it once rendered)."""
+        if self._stored is None:
+            self._stored, self._writable = False, True
+            if self.disk_path.exists():
+                try:
+                    stored = torch.load(self.disk_path, mmap=True, weights_only=True)
+                    if len(stored["meta"]) == self.num_samples:
+                        self._stored = stored
+                except (OSError, RuntimeError, KeyError, EOFError, TypeError) as e:
+                    log.warning("rendered-data cache %s is unreadable (%s); rendering again", self.disk_path, e)
+        return self._stored
+
+    def _write_disk(self) -> None:
+        self._writable = False
+        samples = [self._cache[i] for i in range(self.num_samples)]
+        state = {k: torch.stack([s[k] for s in samples]) for k in (*self.all_modalities, "label")}
+        state["meta"] = [s["meta"] for s in samples]
+        try:
+            self.disk_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.disk_path, lambda f: torch.save(state, f))
+        except OSError as e:  # the cache only saves time: a full disk leaves the split in memory
+            log.warning("could not cache the rendered %s split at %s (%s)", self.split, self.disk_path, e)

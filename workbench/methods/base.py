@@ -89,7 +89,7 @@ class Method:
     def training_step(self, batch: dict, draws: Draws) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def after_step(self, batch: dict, draws: Draws, lr: float) -> dict[str, float]:
+    def after_step(self, batch: dict, draws: Draws, lr: float) -> dict[str, float | torch.Tensor]:
         return {}
 
     def sync_gradients(self) -> None:
@@ -133,8 +133,8 @@ class Student(Method):
         return dropout_mask(batch, len(self.model.modalities), draws.dropout, self.d.dropout, self.d.dropout_p_full)
 
     def count_kept(self, present: torch.Tensor) -> None:
-        """Count a training step's dropout mask for `validation_logs`."""
-        self.counts["kept"] += present.float().sum(0).cpu()
+        """Count a training step's dropout mask for `validation_logs` (on the mask's device: no host copy)."""
+        self.counts["kept"] = self.counts["kept"].to(present.device) + present.float().sum(0)
         self.counts["samples"] += present.shape[0]
 
     def validation_logs(self) -> dict[str, float]:
@@ -146,7 +146,7 @@ class Student(Method):
 
     def state_dict(self) -> dict:
         return {"teacher": self.teacher.state_dict(),
-                "counts": {k: v.clone() if torch.is_tensor(v) else v for k, v in self.counts.items()}}
+                "counts": {k: v.detach().cpu().clone() if torch.is_tensor(v) else v for k, v in self.counts.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         load_state_strict(self.teacher, state["teacher"], "teacher")

@@ -203,7 +203,7 @@ class Distiller(Student):
         if d.feedback:
             self.teacher_opt = torch.optim.AdamW(self._teacher_encoder_params(),
                                                  lr=cfg.train.lr * d.feedback_lr_scale,
-                                                 weight_decay=cfg.train.weight_decay)
+                                                 weight_decay=cfg.train.weight_decay, foreach=True)
         self._cache: dict = {}
 
     def _reset_counts(self) -> None:
@@ -243,7 +243,7 @@ class Distiller(Student):
         total = terms["ce"] + sum(self.weights[name] * t for name, t in terms.items() if name != "ce")
         out = {"loss": total, **{key: v.detach() for key, v in terms.items()}}
         present, primary, mods = aux["present"], aux["primary"], self.model.modalities
-        self.counts["primary"] += primary.float().sum(0).cpu()
+        self.counts["primary"] = self.counts["primary"].to(primary.device) + primary.float().sum(0)  # no host copy
         self.count_kept(present)
         for j, name in enumerate(mods):
             out[f"primary/{name}"] = primary[:, j].float().mean()
@@ -272,8 +272,9 @@ class Distiller(Student):
         torch.set_rng_state(rng)
         return norms
 
-    def after_step(self, batch: dict, draws: Draws, lr: float) -> dict[str, float]:
-        """Feedback (student -> teacher): one step on the teacher's non-primary encoders."""
+    def after_step(self, batch: dict, draws: Draws, lr: float) -> dict[str, float | torch.Tensor]:
+        """Feedback (student -> teacher): one step on the teacher's non-primary encoders; its losses as
+        (detached) tensors, which the loop copies to the host with the step's other terms."""
         if not self.d.feedback:
             return {}
         mods, labels = self.teacher.modalities, batch["label"]
@@ -306,8 +307,7 @@ class Distiller(Student):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self._cache = {}
-        return {"feedback/ce": float(ce.detach()), "feedback/ifv": float(ifv.detach()),
-                "feedback/loss": float(loss.detach()),
+        return {"feedback/ce": ce.detach(), "feedback/ifv": ifv.detach(), "feedback/loss": loss.detach(),
                 **{f"feedback/trained/{n}": float(n in trainable) for n in mods}}
 
     def _teacher_encoder_params(self) -> list[torch.Tensor]:

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from workbench.checkpoint import checkpoint_config, load_checkpoint, load_state_strict, non_finite
-from workbench.errors import CheckpointError, MissingFile
+from workbench.checkpoint import load_checkpoint, load_state_strict, non_finite
+from workbench.config import Config
+from workbench.errors import CheckpointError, ConfigError, MissingFile
 from workbench.models.cmnext import CMNeXt
 from workbench.models.magic import MAGIC
 from workbench.models.mit_weights import load_encoder_weights
@@ -85,6 +86,18 @@ def checkpoint_path(path: str | Path, which: Which = "model") -> Path:
     if which == "teacher" and path.name == "model.safetensors" and path.with_name("teacher.safetensors").is_file():
         return path.with_name("teacher.safetensors")
     return path
+
+
+def checkpoint_config(state: dict, source) -> Config:
+    """The `Config` a loaded checkpoint holds, or a CheckpointError that names `source` (the file)."""
+    raw = state.get("config")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{source}: its config is a JSON {type(raw).__name__}, not a config object; use the "
+                              f"run's own checkpoint (its config.json beside it holds the config)")
+    try:
+        return Config.from_dict(raw)
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: its config is not valid here ({e})") from None
 
 
 def load_model(checkpoint: str | Path | dict, device: torch.device | str = "cpu", which: Which = "model") -> nn.Module:
