@@ -140,8 +140,28 @@ def test_the_summary_states_its_conclusion_from_the_numbers(report_root, monkeyp
     ab.table([{"method": m, "protocol": "drop", "seeds": 1, "emm_mean": emm, "full_mean": 40.0}
               for m, emm in (("baseline", 25.0), ("hpd", 24.0), ("robustseg", 22.5))], "ablation_table")
     md = report.write_report(_outcomes(report_root), "smoke", root=report_root)["md"].read_text()
-    assert ("**Conclusion:** on the smoke profile, drop protocol (one seed), no distilled method beats the "
-            "baseline's EMM of 25.00; the best, hpd, reaches 24.00.") in md
+    assert ("**Conclusion:** on the smoke profile, drop protocol (one seed: a difference of this size may be seed "
+            "noise), no distilled method beats the baseline's EMM of 25.00; the best, hpd, reaches 24.00.") in md
+
+
+def test_the_conclusion_comes_from_the_paired_claims_when_they_rest_on_seeds(report_root, monkeypatch):
+    """With notebook 08's claim table over two or more seeds, the conclusion states its paired differences
+    with their intervals and verdicts (the compute-matched controls), not one seed's ablation row."""
+    monkeypatch.setattr(report, "git_commit", lambda: "abc123")
+    cl = Figures("08_claims", "smoke", root=report_root)
+    rows = [{"claim": c, "protocol": p, "seeds": 3, "difference": d, "ci_low": d - 1, "ci_high": d + 1,
+             "verdict": "reproduced" if d - 1 > 0 else "inconclusive at this power"}
+            for c, d in (("robustseg_vs_training", 6.5), ("robustseg_full_vs_training", -2.0),
+                         ("dropout_vs_training", 5.0), ("kd_vs_dropout", 0.5)) for p in ("drop", "zero")]
+    from workbench.tables import write_csv
+
+    write_csv(cl.path("claims.csv"), rows)
+    cl.table(rows, "claims_table")
+    md = report.write_report(_outcomes(report_root), "smoke", root=report_root)["md"].read_text()
+    assert ("**Conclusion** (smoke profile, `drop` protocol, 3 seeds paired by seed, mIoU points, 95% intervals; "
+            "notebook 08): RobustSeg's EMM against the baseline trained as long +6.50 [+5.50, +7.50] (reproduced); "
+            "its full-modality mIoU against the same -2.00 [-3.00, -1.00] (inconclusive at this power)") in md
+    assert "KD beyond dropout (EMM) +0.50 [-0.50, +1.50]" in md
 
 
 def test_the_summary_figures_are_full_width_with_their_own_sentences(report_root, monkeypatch):

@@ -161,6 +161,37 @@ def headline_rows(profile: str, entries: dict[str, list[dict]], root: Path) -> t
     return rows, source
 
 
+# The claims the report's conclusion states, in order (notebook 08's table): what RobustSeg gives against the
+# baseline trained as long, and what Anymodal Dropout and KD each add (docs/METHOD.md, "Controls").
+CONCLUSION_CLAIMS = (("robustseg_vs_training", "RobustSeg's EMM against the baseline trained as long"),
+                     ("robustseg_full_vs_training", "its full-modality mIoU against the same"),
+                     ("dropout_vs_training", "Anymodal Dropout alone (EMM, against the same)"),
+                     ("kd_vs_dropout", "KD beyond dropout (EMM)"),
+                     ("kd_full_vs_dropout", "KD beyond dropout (full-modality mIoU)"))
+
+
+def claims_conclusion(profile: str, entries: dict[str, list[dict]], root: Path) -> str:
+    """The conclusion from notebook 08's paired claims when they rest on two or more seeds: each difference of
+    `CONCLUSION_CLAIMS` under `drop` with its 95% interval and verdict. '' when there is no such table."""
+    entry = _saved(entries, "08_claims", "claims_table")
+    path = root / profile / "08_claims" / "claims.csv"
+    if entry is None or not path.exists():
+        return ""
+    rows = {r["claim"]: r for r in read_csv(path) if r.get("protocol") == "drop"}
+    parts = []
+    for key, text in CONCLUSION_CLAIMS:
+        r = rows.get(key)
+        if r is None or int(r.get("seeds") or 0) < 2:
+            continue
+        parts.append(f"{text} {float(r['difference']):+.2f} [{float(r['ci_low']):+.2f}, {float(r['ci_high']):+.2f}] "
+                     f"({r['verdict']})")
+    if not parts:
+        return ""
+    n = int(next(iter(rows.values()))["seeds"])
+    return (f"**Conclusion** ({profile} profile, `drop` protocol, {n} seeds paired by seed, mIoU points, 95% "
+            f"intervals; notebook 08): " + "; ".join(parts) + ".")
+
+
 def conclusion(profile: str, entries: dict[str, list[dict]], root: Path) -> str:
     """One sentence that states what the headline table shows, computed from it: under the drop protocol
     (else the first one saved), the method with the highest EMM against the baseline, in EMM and in
@@ -178,7 +209,7 @@ def conclusion(profile: str, entries: dict[str, list[dict]], root: Path) -> str:
         return ""
     best = max((m for m in scores if m != "baseline"), key=lambda m: scores[m][0])
     (emm, full, seeds), (b_emm, b_full, _) = scores[best], scores["baseline"]
-    over = f" (mean over {seeds} seeds)" if seeds > 1 else " (one seed)"
+    over = f" (mean over {seeds} seeds)" if seeds > 1 else " (one seed: a difference of this size may be seed noise)"
     where = f"on the {profile} profile, {protocol} protocol{over}"
     if emm <= b_emm:
         return (f"**Conclusion:** {where}, no distilled method beats the baseline's EMM of {b_emm:.2f}; the best, "
@@ -194,7 +225,7 @@ def summary_markdown(profile: str, entries: dict[str, list[dict]], root: Path) -
     each full width with its sentence."""
     md = ["## Summary", ""]
     rows, source = headline_rows(profile, entries, root)
-    said = conclusion(profile, entries, root)
+    said = claims_conclusion(profile, entries, root) or conclusion(profile, entries, root)
     if said:
         md += [said, ""]
     if rows:
