@@ -224,7 +224,7 @@ def test_modalities_have_their_own_fine_structure():
 
 
 def test_a_rendered_split_is_cached_on_disk_and_read_back_unchanged(tmp_path, monkeypatch, caplog):
-    """Once every sample of a split is rendered, the split is written to runs/cache/data/ (keyed by what it is
+    """Once every sample of a split is rendered, the split is written to runs/data/<mode>/ (keyed by what it is
     rendered from and the renderer's VERSION); a new dataset reads those tensors instead of rendering them."""
     import logging
 

@@ -220,7 +220,7 @@ def run_claims(profile: str = "quick", seeds: Sequence[int] = (0, 1, 2), overrid
 
 def format_claims(rows: Sequence[dict]) -> str:
     """The claim table as text: one line per claim and protocol, the paper's claims first, then the controls."""
-    lines = [f"{'claim':<28}{'protocol':<9}{'a - b (95% CI)':>26}{'MDE':>7}{'paper':>8}  verdict"]
+    lines = [f"{'claim':<30}{'protocol':<9}{'a - b (95% CI)':>26}{'MDE':>7}{'paper':>8}  verdict"]
     for kind in ("paper", "control"):
         part = [r for r in rows if r.get("kind", "paper") == kind]
         if part and kind == "control":
@@ -228,7 +228,7 @@ def format_claims(rows: Sequence[dict]) -> str:
         for r in part:
             ci = f"{r['difference']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
             paper = "" if r["paper"] != r["paper"] else f"{r['paper']:+8.2f}"
-            lines.append(f"{r['claim']:<28}{r['protocol']:<9}{ci:>26}{r['mde']:>7.2f}{paper:>8}  {r['verdict']}")
+            lines.append(f"{r['claim']:<30}{r['protocol']:<9}{ci:>26}{r['mde']:>7.2f}{paper:>8}  {r['verdict']}")
     n = rows[0]["seeds"] if rows else 0
     lines.append(f"({n} seeds, paired by seed; MDE: the smallest true difference this design detects with 80% "
                  f"power at the 5% level)")

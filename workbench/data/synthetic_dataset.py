@@ -1,7 +1,7 @@
 """The synthetic benchmark as a `MultiModalDataset` (renderer in `workbench.data.synthetic`).
 
 A split is rendered sample by sample, as it is read, and kept in memory. Once every sample of a split has
-been rendered, the whole split is also written to `runs/cache/data/` (keyed by what it renders from and the
+been rendered, the whole split is also written to `runs/data/<mode>/` (keyed by what it renders from and the
 renderer's `VERSION`), so the next process that reads it loads the same tensors instead of rendering them
 again (docs/DATASETS.md, "The synthetic benchmark"); a split larger than `DISK_CACHE_BYTES` stays in memory.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from workbench import timing
+from workbench import repro, timing
 from workbench.checkpoint import atomic_write_bytes
 from workbench.data import synthetic as syn
 from workbench.data.base import MultiModalDataset
@@ -115,8 +115,10 @@ class SyntheticDataset(MultiModalDataset):
 
     @property
     def disk_path(self) -> Path:
-        """Where this split is cached: every argument that changes what is rendered, and the renderer's VERSION."""
-        return (runs_dir() / "cache" / "data" / f"synthetic-v{syn.VERSION}-seed{self.seed}-{self.split}-{self.size}px-"
+        """Where this split is cached: every argument that changes what is rendered, the renderer's VERSION, and
+        the numerical mode (`workbench.repro`: the reproducible mode pins numpy's code paths too), in `runs/data/`
+        beside (not among) the run folders."""
+        return (runs_dir() / "data" / repro.mode_name() / f"synthetic-v{syn.VERSION}-seed{self.seed}-{self.split}-{self.size}px-"
                 f"n{self.num_samples}-{self.condition or 'any'}-{self.case or 'none'}.pt")
 
     def _read_disk(self) -> dict | bool:
