@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from workbench import repro
 from workbench.checkpoint import atomic_write_bytes, atomic_write_text
 from workbench.config import ModelConfig, PretrainConfig, preset, pretraining_config
 from workbench.errors import MissingFile
@@ -43,7 +44,8 @@ ENCODER_FILE = "encoder.safetensors"
 def pretrain_dir(model_cfg: ModelConfig) -> Path:
     """Where the pretraining of `model_cfg.encoder` with `model_cfg.pretrain` is cached."""
     p, cfg = model_cfg.pretrain, pretraining_config(model_cfg)
-    return runs_dir() / "pretrain" / f"{model_cfg.encoder}-w{p.world_seed}-s{p.seed}-{cfg.hash()}"
+    folder = "pretrain-repro" if repro.enabled() else "pretrain"  # the numerical mode trains other bits (workbench.repro)
+    return runs_dir() / folder / f"{model_cfg.encoder}-w{p.world_seed}-s{p.seed}-{cfg.hash()}"
 
 
 def encoder_path(model_cfg: ModelConfig) -> Path:
