@@ -38,3 +38,38 @@ def test_claims_table_from_paired_rows(tmp_path):
     assert "controls (the same training budget" in text and "lambda" in text
     fig = plotting.plot_claims(rows)
     assert len(fig.axes) == 2
+
+
+def test_regime_table_puts_each_claim_beside_itself_in_every_regime(tmp_path, capsys):
+    from workbench.claims import format_regime_table, regime_table
+    from workbench.cli import main
+    from workbench.tables import read_csv, write_csv
+
+    def row(claim, kind, protocol, d, verdict, seeds=3):
+        return {"claim": claim, "kind": kind, "protocol": protocol, "difference": d, "ci_low": d - 1,
+                "ci_high": d + 1, "seeds": seeds, "verdict": verdict}
+
+    a = [row("distillation", "paper", "drop", 9.0, "reproduced"), row("distillation", "paper", "zero", 2.0, "reproduced"),
+         row("kd_vs_dropout", "control", "drop", -0.2, "inconclusive at this power")]
+    b = [row("kd_vs_dropout", "control", "drop", 0.5, "inconclusive at this power", seeds=2),
+         row("distillation", "paper", "drop", 15.0, "reproduced", seeds=2)]
+    rows = regime_table({"pretrained": a, "scratch": b})
+    assert [r["claim"] for r in rows] == ["distillation", "kd_vs_dropout"]  # the paper's claims first
+    assert rows[0]["pretrained:difference"] == 9.0 and rows[0]["scratch:difference"] == 15.0  # drop, not zero
+    assert rows[1]["scratch:seeds"] == 2
+    text = format_regime_table(rows, ["pretrained", "scratch"])
+    assert "+9.00 [+8.00, +10.00] reproduced" in text and "+15.00 [+14.00, +16.00] reproduced" in text
+    assert "pretrained 3; scratch 2" in text
+    # a claim one regime lacks is left empty, not dropped
+    only = regime_table({"pretrained": a, "scratch": b[1:]})
+    assert only[1]["scratch:difference"] == ""
+
+    write_csv(tmp_path / "a.csv", a)
+    write_csv(tmp_path / "b.csv", b)
+    assert main(["claims", "--regimes", f"pretrained={tmp_path / 'a.csv'}", f"scratch={tmp_path / 'b.csv'}",
+                 "--out", str(tmp_path / "regimes.csv")]) == 0
+    assert "+15.00 [+14.00, +16.00] reproduced" in capsys.readouterr().out
+    assert read_csv(tmp_path / "regimes.csv")[0]["scratch:difference"] == 15.0
+    for bad in (["x"], [f"p={tmp_path / 'none.csv'}"], [f"p={tmp_path / 'a.csv'}", f"p={tmp_path / 'b.csv'}"]):
+        assert main(["claims", "--regimes", *bad]) == 2
+    assert "error:" in capsys.readouterr().err

@@ -35,7 +35,7 @@ from workbench.tables import write_csv
 log = logging.getLogger(__name__)
 
 __all__ = ["Row", "ROWS", "Claim", "CLAIMS", "LAMBDA_LINE", "ClaimTable", "run_claims", "format_claims", "lambda_line",
-           "format_lambda_line", "format_weights"]
+           "format_lambda_line", "format_weights", "regime_table", "format_regime_table"]
 
 
 @dataclass(frozen=True)
@@ -278,4 +278,61 @@ def format_weights(per_seed: Sequence[dict]) -> str:
             continue
         seen.add((r["row"], r["seed"]))
         lines.append(f"{r['row']:<13}{r['seed']:>5}" + "".join(f"{float(v):>10.4g}" for v in vals))
+    return "\n".join(lines)
+
+
+def regime_table(tables: dict[str, Sequence[dict]], protocol: str = "drop") -> list[dict]:
+    """One row per claim (the paper's first, then the controls) with, per regime (a name -> the verdict rows of
+    one `run_claims`, e.g. read back from `figures/claims_study.csv`), the paired difference, its CI, the number
+    of seeds and the verdict under `protocol`. A claim missing from a regime's table is left empty there."""
+    if not tables:
+        raise ConfigError("no regime given: name at least one claim CSV, e.g. pretrained=figures/claims_study.csv")
+    order: list[str] = []
+    cells: dict[tuple[str, str], dict] = {}
+    kinds: dict[str, str] = {}
+    for regime, rows in tables.items():
+        for r in rows:
+            if r["protocol"] != protocol:
+                continue
+            if r["claim"] not in kinds:
+                order.append(r["claim"])
+                kinds[r["claim"]] = r.get("kind", "paper")
+            cells[(r["claim"], regime)] = r
+    if not order:
+        raise ConfigError(f"no claim under protocol {protocol!r} in the tables given; protocols: drop, zero")
+    out = []
+    for kind in ("paper", "control"):
+        for claim in (c for c in order if kinds[c] == kind):
+            row = {"claim": claim, "kind": kind}
+            for regime in tables:
+                r = cells.get((claim, regime))
+                for key in ("difference", "ci_low", "ci_high", "seeds", "verdict"):
+                    row[f"{regime}:{key}"] = "" if r is None else r[key]
+            out.append(row)
+    return out
+
+
+def format_regime_table(rows: Sequence[dict], regimes: Sequence[str], protocol: str = "drop") -> str:
+    """`regime_table` as text: one line per claim, one column per regime (difference [95% CI] verdict)."""
+    short = {"reproduced": "reproduced", "contradicted": "contradicted", "inconclusive at this power": "inconclusive"}
+    width = 40
+    lines = [f"{'claim (' + protocol + ')':<30}" + "".join(f"{r:<{width}}" for r in regimes)]
+    for kind in ("paper", "control"):
+        part = [r for r in rows if r["kind"] == kind]
+        if part and kind == "control":
+            lines.append("controls (the same training budget on both sides; not in the paper):")
+        for r in part:
+            line = f"{r['claim']:<30}"
+            for regime in regimes:
+                d = r[f"{regime}:difference"]
+                if d == "":
+                    line += f"{'-':<{width}}"
+                    continue
+                cell = (f"{float(d):+.2f} [{float(r[f'{regime}:ci_low']):+.2f}, {float(r[f'{regime}:ci_high']):+.2f}] "
+                        f"{short.get(r[f'{regime}:verdict'], r[f'{regime}:verdict'])}")
+                line += f"{cell:<{width}}"
+            lines.append(line.rstrip())
+    seeds = {regime: {r[f"{regime}:seeds"] for r in rows} - {""} for regime in regimes}
+    lines.append("(seeds per regime: " + "; ".join(f"{k} {', '.join(str(int(float(x))) for x in sorted(v))}"
+                                                   for k, v in seeds.items()) + "; paired by seed within a regime)")
     return "\n".join(lines)

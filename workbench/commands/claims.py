@@ -21,12 +21,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override applied to every row, e.g. --set distill.weighting=gradient_share")
     p.add_argument("--split", default="test", help="the split the rows are scored on")
     p.add_argument("--out", default=None, help="CSV path (default figures/claims_<profile>.csv)")
+    p.add_argument("--regimes", nargs="+", default=None, metavar="NAME=CSV",
+                   help="train nothing: print one table, claim x regime, from claim CSVs written before, e.g. "
+                        "--regimes pretrained=figures/claims_study.csv scratch=figures/claims_study_scratch.csv "
+                        "(with --out: also as CSV)")
+    p.add_argument("--protocol", default="drop", choices=("drop", "zero"), help="the protocol of --regimes' table")
     add_quiet(p)
     add_jobs(p)
 
 
+def _regimes(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from workbench.claims import format_regime_table, regime_table
+    from workbench.errors import ConfigError
+    from workbench.tables import read_csv, write_csv
+
+    tables = {}
+    for item in args.regimes:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--regimes takes NAME=CSV, got {item!r}; e.g. pretrained=figures/claims_study.csv")
+        if name in tables:
+            raise ConfigError(f"regime {name!r} named twice in --regimes; give each regime once")
+        if not Path(path).is_file():
+            raise ConfigError(f"{path} does not exist: write it first with `python -m workbench claims ... --out {path}`")
+        rows = read_csv(path)
+        if not rows or "claim" not in rows[0] or "verdict" not in rows[0]:
+            raise ConfigError(f"{path} is not a claim table (no claim/verdict columns): give the CSV that "
+                              f"`python -m workbench claims` wrote, not its _seeds.csv")
+        tables[name] = rows
+    rows = regime_table(tables, args.protocol)
+    print(format_regime_table(rows, list(tables), args.protocol))
+    if args.out:
+        write_csv(args.out, rows, digits=4)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from workbench.claims import run_claims
+
+    if args.regimes:
+        return _regimes(args)
 
     seeds = parse_seeds(args.seeds)
     table = run_claims(args.profile, seeds, overrides=args.set, split=args.split, out=args.out,
