@@ -67,7 +67,8 @@ def test_regime_table_puts_each_claim_beside_itself_in_every_regime(tmp_path, ca
     write_csv(tmp_path / "a.csv", a)
     write_csv(tmp_path / "b.csv", b)
     assert main(["claims", "--regimes", f"pretrained={tmp_path / 'a.csv'}", f"scratch={tmp_path / 'b.csv'}",
-                 "--out", str(tmp_path / "regimes.csv")]) == 0
+                 "--out", str(tmp_path / "regimes.csv"), "--figure", str(tmp_path / "regimes.png")]) == 0
+    assert (tmp_path / "regimes.png").stat().st_size > 0
     assert "+15.00 [+14.00, +16.00] reproduced" in capsys.readouterr().out
     assert read_csv(tmp_path / "regimes.csv")[0]["scratch:difference"] == 15.0
     for bad in (["x"], [f"p={tmp_path / 'none.csv'}"], [f"p={tmp_path / 'a.csv'}", f"p={tmp_path / 'b.csv'}"]):

@@ -465,28 +465,34 @@ def plot_cfm_sample(maps: dict[str, dict], b: int, stage: int, title: str = ""):
 VERDICT_COLOURS = {"reproduced": "#2ca02c", "contradicted": "#d62728", "inconclusive at this power": "#7f7f7f"}
 
 
-def plot_claims(rows: Sequence[dict], title: str = "The paper's claims: paired differences over seeds"):
-    """One panel per protocol: each claim's difference a - b (points, 95% CI bars, coloured by verdict)
-    beside the paper's difference (hollow diamonds; DeLiVER, so compare signs and order, not size)."""
-    protocols = list(dict.fromkeys(r["protocol"] for r in rows))
+def plot_claims(rows: Sequence[dict], title: str = "The paper's claims: paired differences over seeds",
+                panel: str = "protocol"):
+    """One panel per protocol (or per value of another key, `panel`, e.g. "regime"): each claim's difference
+    a - b (points, 95% CI bars, coloured by verdict) beside the paper's difference (hollow diamonds; DeLiVER,
+    so compare signs and order, not size)."""
+    protocols = list(dict.fromkeys(r[panel] for r in rows))
     claims = list(dict.fromkeys(r["claim"] for r in rows))
     fig, axes = plt.subplots(1, len(protocols), figsize=(5.2 * len(protocols), 0.55 * len(claims) + 1.6),
                              squeeze=False, sharey=True)
     for ax, protocol in zip(axes[0], protocols):
-        sub = {r["claim"]: r for r in rows if r["protocol"] == protocol}
+        sub = {r["claim"]: r for r in rows if r[panel] == protocol}
         for i, c in enumerate(claims):
-            r = sub[c]
+            r = sub.get(c)
+            if r is None:  # a claim this panel's table lacks
+                continue
             lo, hi = r["ci_low"], r["ci_high"]
             err = None if not (math.isfinite(lo) and math.isfinite(hi)) else [[r["difference"] - lo], [hi - r["difference"]]]
             ax.errorbar(r["difference"], i, xerr=err, fmt="o", color=VERDICT_COLOURS.get(r["verdict"], "k"), capsize=3)
-            ax.plot(r["paper"], i, marker="D", mfc="none", mec="black", ls="none")
-            if r["expected"] not in ("> 0", "< 0"):
+            paper = r.get("paper", "")
+            if isinstance(paper, (int, float)) and math.isfinite(paper):
+                ax.plot(paper, i, marker="D", mfc="none", mec="black", ls="none")
+            if r.get("expected", "> 0") not in ("> 0", "< 0"):
                 ax.plot([float(r["expected"].split()[1])] * 2, [i - 0.3, i + 0.3], color="black", lw=1, ls=":")
         ax.axvline(0, color="black", lw=0.6)
         ax.set_yticks(range(len(claims)), claims)
         ax.invert_yaxis()
         ax.set_xlabel("difference a - b (mIoU points)")
-        ax.set_title(f"protocol: {protocol}")
+        ax.set_title(f"{panel}: {protocol}")
     handles = [plt.Line2D([], [], marker="o", ls="none", color=c, label=v) for v, c in VERDICT_COLOURS.items()]
     handles.append(plt.Line2D([], [], marker="D", ls="none", mfc="none", mec="black", label="paper (DeLiVER)"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, bbox_to_anchor=(0.5, -0.02))

@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train nothing: print one table, claim x regime, from claim CSVs written before, e.g. "
                         "--regimes pretrained=figures/claims_study.csv scratch=figures/claims_study_scratch.csv "
                         "(with --out: also as CSV)")
+    p.add_argument("--figure", default=None, metavar="PNG",
+                   help="with --regimes: also draw the table, one panel per regime (a PNG path)")
     p.add_argument("--protocol", default="drop", choices=("drop", "zero"), help="the protocol of --regimes' table")
     add_quiet(p)
     add_jobs(p)
@@ -55,6 +57,15 @@ def _regimes(args: argparse.Namespace) -> int:
     print(format_regime_table(rows, list(tables), args.protocol))
     if args.out:
         write_csv(args.out, rows, digits=4)
+    if args.figure:
+        from workbench import plotting
+
+        panels = [{**r, "regime": name} for name, table in tables.items() for r in table
+                  if r["protocol"] == args.protocol]
+        fig = plotting.plot_claims(panels, title=f"The paper's claims and the controls, by regime (protocol "
+                                                 f"{args.protocol}): paired differences over seeds", panel="regime")
+        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.figure, dpi=110, bbox_inches="tight", metadata=plotting.PNG_METADATA)
     return 0
 
 
@@ -63,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.regimes:
         return _regimes(args)
+    if args.figure:
+        from workbench.errors import ConfigError
+
+        raise ConfigError("--figure draws the --regimes table; the claim table's figure is notebook 08's")
 
     seeds = parse_seeds(args.seeds)
     table = run_claims(args.profile, seeds, overrides=args.set, split=args.split, out=args.out,
