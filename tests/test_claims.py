@@ -69,6 +69,12 @@ def test_regime_table_puts_each_claim_beside_itself_in_every_regime(tmp_path, ca
     assert main(["claims", "--regimes", f"pretrained={tmp_path / 'a.csv'}", f"scratch={tmp_path / 'b.csv'}",
                  "--out", str(tmp_path / "regimes.csv"), "--figure", str(tmp_path / "regimes.png")]) == 0
     assert (tmp_path / "regimes.png").stat().st_size > 0
+    from workbench import plotting
+    fig = plotting.plot_claims([{**r, "regime": k} for k, t in (("p", a), ("s", b)) for r in t if r["protocol"] == "drop"],
+                               panel="regime")
+    # the first claim at the top in every panel (shared y axis: inverted once, not flipped back by the second)
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["regime: p", "regime: s"]
+    assert all(ax.yaxis_inverted() for ax in fig.axes[:2])
     assert "+15.00 [+14.00, +16.00] reproduced" in capsys.readouterr().out
     assert read_csv(tmp_path / "regimes.csv")[0]["scratch:difference"] == 15.0
     for bad in (["x"], [f"p={tmp_path / 'none.csv'}"], [f"p={tmp_path / 'a.csv'}", f"p={tmp_path / 'b.csv'}"]):

@@ -490,9 +490,9 @@ def plot_claims(rows: Sequence[dict], title: str = "The paper's claims: paired d
                 ax.plot([float(r["expected"].split()[1])] * 2, [i - 0.3, i + 0.3], color="black", lw=1, ls=":")
         ax.axvline(0, color="black", lw=0.6)
         ax.set_yticks(range(len(claims)), claims)
-        ax.invert_yaxis()
         ax.set_xlabel("difference a - b (mIoU points)")
         ax.set_title(f"{panel}: {protocol}")
+    axes[0][0].invert_yaxis()  # once: the panels share the y axis, so a second call would flip it back
     handles = [plt.Line2D([], [], marker="o", ls="none", color=c, label=v) for v, c in VERDICT_COLOURS.items()]
     handles.append(plt.Line2D([], [], marker="D", ls="none", mfc="none", mec="black", label="paper (DeLiVER)"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, bbox_to_anchor=(0.5, -0.02))
