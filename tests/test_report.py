@@ -177,3 +177,14 @@ def test_the_summary_figures_are_full_width_with_their_own_sentences(report_root
            "combination. (07_feedback; details below)" in summary
     html = paths["html"].read_text()
     assert "td img{max-width" not in html and "img{max-width:100%}" in html
+
+
+def test_a_one_seed_headline_table_says_so(tmp_path):
+    """A headline table over one seed is labelled as such (its gaps may be seed noise); over seeds it is not."""
+    ab = Figures("02_ablations", "smoke", root=tmp_path)
+    ab.table([{"method": "baseline", "protocol": "drop", "seeds": 1, "emm_mean": 20.0, "full_mean": 40.0}],
+             "ablation_table")
+    assert "**one seed**" in report._seeds_note(tmp_path / "smoke/02_ablations/ablation_table.csv")
+    ab.table([{"method": "baseline", "protocol": "drop", "seeds": 3, "emm_mean": 20.0, "full_mean": 40.0}],
+             "ablation_table")
+    assert report._seeds_note(tmp_path / "smoke/02_ablations/ablation_table.csv") == ""

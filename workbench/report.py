@@ -161,6 +161,16 @@ def headline_rows(profile: str, entries: dict[str, list[dict]], root: Path) -> t
     return rows, source
 
 
+def _seeds_note(path: Path) -> str:
+    """", one seed: ..." when the headline table rests on one seed (its `seeds` column), so that nobody reads a
+    story into its gaps; "" otherwise (mean ± std over the seeds)."""
+    seeds = {r.get("seeds") for r in read_csv(path)} if path.is_file() else set()
+    if seeds == {1}:
+        return (", **one seed**: gaps between these rows may be seed noise; the conclusion above rests on the "
+                "paired seeds of notebook 08")
+    return ""
+
+
 # The claims the report's conclusion states, in order (notebook 08's table): what RobustSeg gives against the
 # baseline trained as long, and what Anymodal Dropout and KD each add (docs/METHOD.md, "Controls").
 CONCLUSION_CLAIMS = (("robustseg_vs_training", "RobustSeg's EMM against the baseline trained as long"),
@@ -231,7 +241,7 @@ def summary_markdown(profile: str, entries: dict[str, list[dict]], root: Path) -
     if rows:
         md += ["EMM (mean mIoU over every modality combination) and full-modality mIoU (%), per method and "
                f"missing-modality protocol (`drop`: absent sensors are not encoded; `zero`: zeroed and encoded). "
-               f"From [{source}]({source}).", "", markdown_table(rows), ""]
+               f"From [{source}]({source}){_seeds_note(root / source)}.", "", markdown_table(rows), ""]
     else:
         md += ["(no headline table: run notebooks 02 or 03)", ""]
     figures = []
