@@ -61,13 +61,11 @@ def test_run_dir_has_config_versions_and_commit(tiny_cfg, tmp_path):
     assert model.modalities == ("rgb", "depth", "event", "lidar")
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_path, monkeypatch):
-    train(tiny_cfg, tmp_path / "r", progress=False)
-    good = (tmp_path / "r" / "last.pt").read_bytes()
+def _poison_third_step(monkeypatch) -> None:
+    """The supervised step's loss becomes NaN at its third call (step 2), as a diverging run's would."""
     from workbench import methods
 
-    orig = methods.Supervised.training_step
-    calls = {"n": 0}
+    orig, calls = methods.Supervised.training_step, {"n": 0}
 
     def poisoned(self, batch, gen):
         out = orig(self, batch, gen)
@@ -77,6 +75,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_path, m
         return out
 
     monkeypatch.setattr(methods.Supervised, "training_step", poisoned)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    train(tiny_cfg, tmp_path / "r", progress=False)
+    good = (tmp_path / "r" / "last.pt").read_bytes()
+    _poison_third_step(monkeypatch)
     cfg = apply_overrides(tiny_cfg, ["train.epochs=3"])
     with pytest.raises(TrainingDiverged, match="non-finite loss at step 2.*last good checkpoint"):
         train(cfg, tmp_path / "r2", progress=False)
@@ -257,18 +261,7 @@ def test_deferred_logging_records_every_step_as_before(tiny_cfg, tmp_path):
 
 def test_a_stop_writes_the_steps_before_it(tiny_cfg, tmp_path, monkeypatch):
     """Records still waiting for their host copy are written before a non-finite loss stops the run."""
-    from workbench import methods
-
-    orig, calls = methods.Supervised.training_step, {"n": 0}
-
-    def poisoned(self, batch, gen):
-        out = orig(self, batch, gen)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            out["loss"] = out["loss"] * float("nan")
-        return out
-
-    monkeypatch.setattr(methods.Supervised, "training_step", poisoned)
+    _poison_third_step(monkeypatch)
     cfg = apply_overrides(tiny_cfg, {"train.epochs": 3, "train.log_every": 100})
     with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 2 \(epoch 2\): loss=nan, ce="):
         train(cfg, tmp_path / "r", progress=False)
