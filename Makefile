@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 suite: $(STAMP)
 	$(PY) -m workbench suite --profile $(PROFILE)
