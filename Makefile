@@ -26,8 +26,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Two pytest-xdist workers, one thread each, whole test files per worker (TEST_WORKERS=0: one process, in order)
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 suite: $(STAMP)
 	$(PY) -m workbench suite --profile $(PROFILE)

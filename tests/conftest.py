@@ -14,6 +14,11 @@ import torch  # noqa: E402
 
 from workbench.config import apply_overrides, preset  # noqa: E402
 
+# `make test` runs two pytest-xdist workers on the machine's two cores: one thread each (a worker's
+# subprocesses, notebook kernels and servers keep their own settings; WORKBENCH_REPRO=1 keeps its pinned count)
+if os.environ.get("PYTEST_XDIST_WORKER") and not workbench.repro.enabled():
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_runs(tmp_path_factory):
@@ -46,3 +51,14 @@ def tiny():
     torch.manual_seed(0)
     model = build_model(cfg.model, ("rgb", "depth", "event", "lidar"), 12).eval()
     return model, cfg
+
+
+# The longest modules first: with two pytest-xdist workers (`make test`, `--dist loadfile`) they start at once
+# instead of ending the run alone on one worker. Stable sort: every other module keeps its order.
+_LONG_FIRST = ("test_notebooks.py", "test_demo.py", "test_browser.py", "test_claims.py", "test_bench.py",
+               "test_repro.py", "test_compare.py", "test_runs.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

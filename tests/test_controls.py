@@ -81,8 +81,10 @@ def test_the_control_presets_are_students_without_distillation_terms():
         assert torch.equal(out["loss"].detach(), out["ce"])
 
 
-def test_gradient_share_leaves_a_control_without_a_probe():
+def test_gradient_share_leaves_a_control_without_a_probe(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))  # its own runs folder: other tests make probes
     cfg = apply_overrides(preset("dropout_only", "tiny"), {**TINY, "distill.weighting": "gradient_share"})
     run = Run.from_config(cfg, progress=False)
     assert run.config.distill.weights_resolved and run.config.distill.kd_weight == 0.0
+    assert run.dir.is_relative_to(tmp_path)
     assert not (run.dir.parent).exists() or not any(p.name.startswith("probe-") for p in run.dir.parent.iterdir())
