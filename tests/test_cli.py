@@ -271,6 +271,7 @@ def test_study_and_option_mistakes_are_refused_before_anything_is_trained(tmp_pa
 def test_a_cached_train_says_it_reused_the_run(tmp_path, capsys, monkeypatch):
     import datetime
 
+    from workbench import repro
     from workbench.runs import Run
 
     monkeypatch.setenv("WORKBENCH_RUNS", str(tmp_path / "runs"))
@@ -280,7 +281,7 @@ def test_a_cached_train_says_it_reused_the_run(tmp_path, capsys, monkeypatch):
     assert "reused" not in first
     assert main(argv) == 0
     err = capsys.readouterr().err
-    (folder,) = (tmp_path / "runs" / "cache").iterdir()
+    (folder,) = (tmp_path / "runs" / repro.cache_folder_name()).iterdir()  # `cache-repro` with WORKBENCH_REPRO=1
     stamp = datetime.datetime.fromtimestamp((folder / "final.pt").stat().st_mtime).strftime("%Y-%m-%d %H:%M")
     assert f"reused {folder.name} (trained {stamp})" in err and "epoch 1/1" not in err
     assert Run.at(folder).name == folder.name

@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from workbench import repro
 from workbench.cli import main
 from workbench.config import Config, apply_overrides, preset
 from workbench.errors import ConfigError
@@ -79,10 +80,11 @@ def test_names_cannot_make_two_runs_share_a_folder():
 def test_every_cache_path_is_checked_to_stay_under_its_root(runs, tmp_path):
     # a run folder in the cache that is a symbolic link to elsewhere is not written through
     cfg = preset("tiny")
-    (runs / "cache").mkdir()
+    cache = runs / repro.cache_folder_name()  # `cache-repro` with WORKBENCH_REPRO=1
+    cache.mkdir()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    os.symlink(elsewhere, runs / "cache" / cache_dir(cfg).name)
+    os.symlink(elsewhere, cache / cache_dir(cfg).name)
     with pytest.raises(ConfigError, match="outside"):
         cache_dir(cfg)
     # file names made from user input (a split, a case, a sample name)
