@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from workbench.errors import CheckpointError, ConfigError, RunLocked, storage_error
-from workbench.paths import REPO_ROOT, runs_dir
+from workbench.paths import REPO_ROOT, run_cache_dir
 
 if TYPE_CHECKING:
     pass
@@ -178,9 +178,7 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
 def _after_lock(run_dir: Path) -> str:
     """What to run once the holder of a run's lock has finished: a cached run is reused or resumed by the
     same command; a run in a folder of the user's (`train --out DIR`) is continued with --resume."""
-    from workbench import repro
-
-    cache = (runs_dir() / repro.cache_folder_name()).resolve()  # `cache`, or `cache-repro` (WORKBENCH_REPRO=1)
+    cache = run_cache_dir().resolve()
     if run_dir.resolve().is_relative_to(cache):
         return "the same command then reuses or resumes the run"
     return (f"then `train --out {run_dir} --resume` continues it if it stopped early, or --force trains it again "

@@ -21,6 +21,13 @@ def runs_dir() -> Path:
     return Path(os.environ.get("WORKBENCH_RUNS", REPO_ROOT / "runs")).expanduser()
 
 
+def run_cache_dir() -> Path:
+    """The run cache: `runs/cache/`, or `runs/cache-repro/` with WORKBENCH_REPRO=1 (`workbench.repro`)."""
+    from workbench import repro
+
+    return runs_dir() / repro.cache_folder_name()
+
+
 def figures_dir() -> Path:
     """Committed final figures; override with WORKBENCH_FIGURES (tests write elsewhere)."""
     return Path(os.environ.get("WORKBENCH_FIGURES", REPO_ROOT / "figures")).expanduser()

@@ -19,7 +19,7 @@ from pathlib import Path
 from workbench import repro
 from workbench.checkpoint import git_commit, versions
 from workbench.config import PRESETS, Config
-from workbench.paths import REPO_ROOT, figures_dir, runs_dir
+from workbench.paths import REPO_ROOT, figures_dir, run_cache_dir
 from workbench.runs import Run
 from workbench.tables import markdown_table, markdown_to_html, read_csv
 
@@ -62,7 +62,7 @@ def _runs(profile: str, outcomes: Sequence) -> list[dict]:
     except Exception:  # a profile whose data cannot be described here: list nothing rather than fail the report
         return []
     out = []
-    for d in sorted((runs_dir() / repro.cache_folder_name()).glob("*")):
+    for d in sorted(run_cache_dir().glob("*")):
         run = wanted.get(d)
         if run is None or not run.done:
             continue

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from workbench import evalcache, repro, timing
+from workbench import evalcache, timing
 from workbench import pretrain as P
 from workbench.checkpoint import checkpoint_problem, load_checkpoint, run_lock
 from workbench.config import Config, apply_overrides, overrides_dict, preset, pretraining_config
@@ -44,7 +44,7 @@ from workbench.models import load_model
 from workbench.models.build import checkpoint_config
 from workbench.models.build import checkpoint_path as resolve_checkpoint
 from workbench.options import Which
-from workbench.paths import inside, runs_dir
+from workbench.paths import inside, run_cache_dir
 from workbench.protocols import robustness_protocol
 from workbench.records import Records, read_records
 from workbench.train import resolve_device, train
@@ -59,7 +59,7 @@ def cache_dir(cfg: Config) -> Path:
     """Where the run of `cfg` is cached: `runs/cache/<name>-<profile>-s<seed>-<config hash>` (`runs/cache-repro/`
     with WORKBENCH_REPRO=1: the two modes train different bits from one config, `workbench.repro`), checked to
     stay under that folder (`Config` already allows only safe names)."""
-    root = runs_dir() / repro.cache_folder_name()
+    root = run_cache_dir()
     return inside(root, root / f"{cfg.name}-{cfg.profile}-s{cfg.train.seed}-{cfg.hash()}")
 
 
